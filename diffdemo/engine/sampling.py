@@ -1,0 +1,137 @@
+"""The one denoise loop, its samplers and its step callback.
+
+Maths names (Ho et al. 2020; Song et al. 2021):
+  x_t        the noisy sample at timestep t ("latents")
+  alpha_bar  ᾱ_t, the fraction of signal variance left at t: x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε
+  sigma      σ_t = √((1−ᾱ_t)/ᾱ_t), the noise-to-signal ratio (infinite at zero terminal SNR)
+  x0_pred    x̂_0, the model's estimate of the clean sample at this step
+Every task (text-to-image, img2img/inpaint, upscale, pixel denoise, trajectory) runs this loop; progress,
+cancellation, previews and trajectory capture are callbacks that receive a :class:`Step`.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# UI name -> (diffusers scheduler class name, extra config)
+SAMPLERS: dict[str, tuple[str, dict]] = {
+    "DDIM": ("DDIMScheduler", {}),
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "final_sigmas_type": "zero"}),
+    "DDPM": ("DDPMScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+}
+DEFAULT_SAMPLER = "DDIM"
+
+
+class Cancelled(Exception):
+    """Raised by a step callback to stop the loop at the end of the current step."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one step of the loop reports. Tensors are ``B×C×h×w`` on the model's device."""
+
+    index: int  # 0-based
+    total: int
+    timestep: int
+    sigma: float
+    alpha_bar: float
+    latents: torch.Tensor  # x after this step (input of the next)
+    x0_pred: torch.Tensor  # x̂_0 estimated at this step
+
+
+StepCallback = Callable[[Step], None]
+
+
+def make_scheduler(sampler: str, base_config) -> object:
+    """A fresh diffusers scheduler for ``sampler`` built from the model's own scheduler config."""
+    import diffusers
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler '{sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    class_name, extra = SAMPLERS[sampler]
+    return getattr(diffusers, class_name).from_config(base_config, **extra)
+
+
+def sigma_of(alpha_bar: float) -> float:
+    return math.inf if alpha_bar <= 0 else math.sqrt((1 - alpha_bar) / alpha_bar)
+
+
+def combine_callbacks(*callbacks: StepCallback | None) -> StepCallback | None:
+    active = [c for c in callbacks if c is not None]
+    if not active:
+        return None
+
+    def callback(step: Step) -> None:
+        for c in active:
+            c(step)
+
+    return callback
+
+
+def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor, *,
+                 generator: torch.Generator | None = None, callback: StepCallback | None = None,
+                 blend: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                 start_index: int = 0) -> torch.Tensor:
+    """Runs ``scheduler.timesteps[start_index:]`` and returns the final sample.
+
+    ``predict(model_input, t)`` returns the model output the scheduler expects (ε or v), guidance included.
+    ``blend(latents, index)`` may replace parts of the sample after each step (inpainting keeps the known part).
+    A callback that raises :class:`Cancelled` stops the loop; the exception propagates to the task.
+    """
+    timesteps = scheduler.timesteps
+    alphas = scheduler.alphas_cumprod
+    # UniPC's step takes no generator; the stochastic samplers do
+    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    for index in range(start_index, len(timesteps)):
+        t = timesteps[index]
+        output = predict(scheduler.scale_model_input(latents, t), t)
+        result = scheduler.step(output, t, latents, **step_kwargs)
+        latents = result.prev_sample
+        x0 = getattr(result, "pred_original_sample", None)
+        if x0 is None:  # multistep solvers keep x̂_0 as their last converted model output
+            x0 = scheduler.model_outputs[-1]
+        if blend is not None:
+            latents = blend(latents, index)
+        if callback is not None:
+            alpha_bar = float(alphas[int(t)])
+            callback(Step(index=index, total=len(timesteps), timestep=int(t), sigma=sigma_of(alpha_bar),
+                          alpha_bar=alpha_bar, latents=latents, x0_pred=x0))
+    return latents
+
+
+def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float, *, extra_channels=None,
+           class_labels=None, guidance_rescale: float = 0.0):
+    """A ``predict`` for conditional U-Nets with classifier-free guidance (Ho & Salimans 2022).
+
+    ``output = uncond + w·(cond − uncond)``; with ``uncond`` None or ``w <= 1`` the model runs once.
+    ``extra_channels`` (e.g. the upscaler's low-res image) are concatenated to the input.
+    ``guidance_rescale`` (Lin et al. 2024) pulls the guided output's std back towards the conditional one.
+    """
+    use_cfg = uncond is not None and guidance_scale > 1.0
+    embeddings = torch.cat([uncond, cond]) if use_cfg else cond
+    labels = torch.cat([class_labels, class_labels]) if use_cfg and class_labels is not None else class_labels
+    extra = torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_input = torch.cat([x, x]) if use_cfg else x
+        if extra is not None:
+            model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
+        out = unet(model_input, t, encoder_hidden_states=embeddings, class_labels=labels).sample
+        if not use_cfg:
+            return out
+        out_uncond, out_cond = out.chunk(2)
+        guided_out = out_uncond + guidance_scale * (out_cond - out_uncond)
+        if guidance_rescale > 0:
+            dims = list(range(1, out.ndim))
+            rescaled = guided_out * (out_cond.std(dims, keepdim=True) / guided_out.std(dims, keepdim=True))
+            guided_out = guidance_rescale * rescaled + (1 - guidance_rescale) * guided_out
+        return guided_out
+
+    return predict

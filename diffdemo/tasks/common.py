@@ -1,0 +1,101 @@
+"""What every task shares: input errors users can read, seeds, results and their metadata."""
+from __future__ import annotations
+
+import math
+import platform
+import random
+from dataclasses import dataclass, field
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000
+
+
+class InvalidRequest(ValueError):
+    """Bad input; the message is shown to the user as it is (one or two plain sentences)."""
+
+
+@dataclass
+class TaskResult:
+    """Images (PIL) plus a JSON-able metadata dict (seed, steps, sampler, model, versions...)."""
+
+    images: list
+    metadata: dict
+    extras: dict = field(default_factory=dict)  # task-specific outputs (e.g. baseline images)
+
+
+def resolve_seed(seed) -> int:
+    """-1 (or None) draws a random seed; anything else must be an integer in [0, 2**32 - 1]."""
+    if seed is None or seed == -1:
+        return random.SystemRandom().randint(0, MAX_SEED)
+    value = as_number("seed", seed, integer=True)
+    if not 0 <= value <= MAX_SEED:
+        raise InvalidRequest(f"Seed must be -1 (random) or between 0 and {MAX_SEED}; got {seed}.")
+    return int(value)
+
+
+def as_number(name: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None):
+    """Checks that ``value`` is a finite number (within [low, high]) and returns it; raises InvalidRequest."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"{name} must be a number; got {value!r}.") from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"{name} must be a finite number; got {value}.")
+    if integer:
+        if value != int(value):
+            raise InvalidRequest(f"{name} must be a whole number; got {value}.")
+        value = int(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}; got {value}.")
+    return value
+
+
+def check_prompt(name: str, text, *, required: bool) -> str:
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{name} must be text; got {type(text).__name__}.")
+    text = " ".join(text.split())
+    if required and not text:
+        raise InvalidRequest(f"Please describe the image in the {name.replace('_', ' ')}, e.g. 'a red circle'.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(f"The {name.replace('_', ' ')} is {len(text)} characters long; the limit is "
+                             f"{MAX_PROMPT_CHARS}.")
+    return text
+
+
+def library_versions() -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    return {"diffusers": diffusers.__version__, "transformers": transformers.__version__,
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def a1111_parameters(prompt: str, negative: str, steps: int, sampler: str, guidance: float, seed: int,
+                     width: int, height: int, model: str, extra: dict | None = None) -> str:
+    """The ``parameters`` text AUTOMATIC1111 writes into PNGs (and reads back with "PNG Info")."""
+    fields = {"Steps": steps, "Sampler": sampler, "CFG scale": guidance, "Seed": seed, "Size": f"{width}x{height}",
+              "Model": model, **(extra or {})}
+    lines = [prompt]
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
+    return "\n".join(lines)
+
+
+def save_png(image, path, metadata: dict | None = None) -> str:
+    """Writes ``image`` as PNG with its A1111 ``parameters`` text chunk and a ``diffdemo`` JSON chunk."""
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    if "parameters" in image.info:
+        info.add_text("parameters", image.info["parameters"])
+    if metadata is not None:
+        info.add_text("diffdemo", json.dumps(metadata, default=str))
+    image.save(path, format="PNG", pnginfo=info)
+    return str(path)

@@ -1,0 +1,89 @@
+"""Text-to-image: a prompt in, images and their metadata out."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
+from diffdemo.engine.prompts import encode_prompt
+from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
+from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_number, check_prompt,
+                                   library_versions, resolve_seed)
+
+MAX_STEPS = 150
+MAX_GUIDANCE = 30.0
+MAX_IMAGES = 8
+MAX_SIDE = 2048
+MIN_SIDE = 32
+
+
+@dataclass(frozen=True)
+class TextToImageRequest:
+    """``width``/``height`` None mean the model's native size; ``seed`` -1 means random."""
+
+    prompt: str
+    negative_prompt: str = ""
+    sampler: str = DEFAULT_SAMPLER
+    steps: int = 25
+    guidance_scale: float = 5.0
+    width: int | None = None
+    height: int | None = None
+    seed: int = -1
+    num_images: int = 1
+
+
+def validate(request: TextToImageRequest, models) -> TextToImageRequest:
+    """Returns the request with defaults filled in, or raises :class:`InvalidRequest` saying what is wrong."""
+    if request.sampler not in SAMPLERS:
+        raise InvalidRequest(f"Unknown sampler '{request.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    size = {}
+    for name in ("width", "height"):
+        value = getattr(request, name)
+        value = models.native_size if value is None else as_number(name, value, integer=True, low=MIN_SIDE,
+                                                                    high=MAX_SIDE)
+        if value % models.vae_scale:
+            raise InvalidRequest(f"{name.capitalize()} must be a multiple of {models.vae_scale}; got {value} "
+                                 f"(try {round(value / models.vae_scale) * models.vae_scale}).")
+        size[name] = value
+    return replace(request, **size,
+                   prompt=check_prompt("prompt", request.prompt, required=True),
+                   negative_prompt=check_prompt("negative_prompt", request.negative_prompt, required=False),
+                   steps=as_number("steps", request.steps, integer=True, low=1, high=MAX_STEPS),
+                   guidance_scale=as_number("guidance_scale", request.guidance_scale, low=0, high=MAX_GUIDANCE),
+                   num_images=as_number("num_images", request.num_images, integer=True, low=1, high=MAX_IMAGES),
+                   seed=resolve_seed(request.seed))
+
+
+def text_to_image(models, request: TextToImageRequest, callback: StepCallback | None = None) -> TaskResult:
+    """Generates ``num_images`` images; image ``i`` uses seed ``seed + i``, so each can be reproduced alone."""
+    request = validate(request, models)
+    started = time.perf_counter()
+    scheduler = make_scheduler(request.sampler, models.scheduler.config)
+    scheduler.set_timesteps(request.steps, device=models.device)
+    prompt = encode_prompt(models, request.prompt, request.negative_prompt, request.num_images)
+    seeds = [request.seed + i for i in range(request.num_images)]
+    shape = (models.unet.config.in_channels, request.height // models.vae_scale, request.width // models.vae_scale)
+    latents = torch.cat([initial_noise((1, *shape), s, models.device, models.dtype) for s in seeds])
+    latents = latents * scheduler.init_noise_sigma
+    generator = torch.Generator("cpu").manual_seed(request.seed)  # the stochastic samplers' per-step noise
+    predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale)
+    with torch.inference_mode():
+        latents = denoise_loop(scheduler, predict, latents, generator=generator, callback=callback)
+        images = tensor_to_pil(decode_latents(models.vae, latents))
+    metadata = describe(models, request, seeds, time.perf_counter() - started)
+    if prompt.truncated:
+        metadata["truncated"] = f"The prompt was longer than the model reads; ignored: '{prompt.truncated}'."
+    for image, seed in zip(images, seeds):
+        image.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
+                                                    request.sampler, request.guidance_scale, seed, request.width,
+                                                    request.height, models.name)
+    return TaskResult(images=images, metadata=metadata)
+
+
+def describe(models, request, seeds, seconds: float) -> dict:
+    """The JSON record stored with every image."""
+    return {"task": "text_to_image", **asdict(request), "seeds": seeds, "model": models.name,
+            "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
+            "seconds": round(seconds, 3), "versions": library_versions()}

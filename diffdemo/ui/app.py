@@ -1,0 +1,35 @@
+"""Builds the Blocks interface around one :class:`~diffdemo.ui.runner.Runner`."""
+from __future__ import annotations
+
+import gradio as gr
+
+from diffdemo.ui.runner import Runner
+from diffdemo.ui.text_to_image_tab import build_text_to_image_tab
+
+GPU_GROUP = "model"  # every event that runs a model shares this queue: one job at a time
+QUEUE_SIZE = 20
+MAX_FILE_SIZE = "10mb"
+
+INTRO = """# diffdemo — see diffusion models work
+A diffusion model starts from pure noise and removes a little of it at every step, guided by your prompt.
+{model_line}"""
+EMBEDDED_LINE = ("The built-in model was trained from scratch on a world of coloured shapes: describe one shape "
+                 "(circle, square, triangle, star or heart), its colour, size, position and the background colour.")
+
+
+def build_demo(models, output_dir=None) -> gr.Blocks:
+    """The whole app for ``models`` (a loaded ``ModelSet``). Call ``.queue()``/``.launch()`` on the result."""
+    runner = Runner(models, output_dir)
+    embedded = "embedded" in models.name
+    model_line = EMBEDDED_LINE if embedded else f"Model: `{models.name}`."
+    with gr.Blocks(title="diffdemo", delete_cache=(1800, 3600)) as demo:
+        gr.Markdown(INTRO.format(model_line=model_line))
+        with gr.Tab("Text to image"):
+            build_text_to_image_tab(runner, GPU_GROUP)
+    demo.runner = runner
+    return demo
+
+
+def configure_queue(demo: gr.Blocks) -> gr.Blocks:
+    """One model job at a time across all tabs, a bounded wait list, and no queue-skipping /run route."""
+    return demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=1, api_open=False)

@@ -1,0 +1,63 @@
+"""The text-to-image tab: prompt, sampler, steps, guidance, size, seed -> images + metadata."""
+from __future__ import annotations
+
+import gradio as gr
+
+from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, TextToImageRequest, text_to_image
+from diffdemo.ui.runner import Runner
+
+EXAMPLES = [
+    "a large red star on a blue background",
+    "a small yellow circle in the top left corner on a black background",
+    "a big green heart on a white background",
+    "a purple triangle at the bottom on an orange background",
+    "a large white square on a gray background",
+    "a tiny pink star on the right",
+]
+
+
+def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
+    native = runner.models.native_size
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=2, placeholder=EXAMPLES[0], value=EXAMPLES[0])
+            negative_prompt = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from, e.g. 'red'")
+            with gr.Row():
+                sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
+                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
+            guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)",
+                                       info="How strongly to follow the prompt: output = uncond + w·(cond − uncond)")
+            with gr.Row():
+                width = gr.Slider(64, 1024, value=native, step=8, label="Width")
+                height = gr.Slider(64, 1024, value=native, step=8, label="Height")
+            with gr.Row():
+                seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
+            with gr.Row():
+                generate = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+            gr.Examples(EXAMPLES, inputs=[prompt], label="Prompts the built-in model knows")
+        with gr.Column(scale=1):
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, object_fit="contain")
+            used_seed = gr.Textbox(label="Seed used", interactive=False)
+            with gr.Accordion("Generation data (also stored in each PNG)", open=False):
+                metadata = gr.JSON(label="Metadata")
+
+    def run(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
+            guidance_scale: float = 5.0, width: int = native, height: int = native, seed: int = -1,
+            num_images: int = 1, request: gr.Request = None, progress=gr.Progress()):
+        task_request = TextToImageRequest(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler,
+                                          steps=steps, guidance_scale=guidance_scale, width=width, height=height,
+                                          seed=seed, num_images=num_images)
+        result = runner.run(text_to_image, task_request, request, progress)
+        paths = runner.save_images(result)
+        seeds = result.metadata["seeds"]
+        return [(p, f"seed {s}") for p, s in zip(paths, seeds)], result.metadata, ", ".join(map(str, seeds))
+
+    run.__name__ = "text_to_image"
+    event = generate.click(run, [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed,
+                                 num_images], [gallery, metadata, used_seed], api_name="text_to_image",
+                           concurrency_id=gpu_group)
+    prompt.submit(run, [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images],
+                  [gallery, metadata, used_seed], api_visibility="private", concurrency_id=gpu_group)
+    stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
