@@ -126,11 +126,19 @@ def _explain(source: str, subfolder: str, error: Exception) -> str:
     if Path(source).exists():
         return (f"Could not load '{subfolder}' from the folder {source}: it is not a complete diffusers model folder "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:200]}).")
+    if _looks_like_path(source):
+        return (f"The model folder {source} does not exist; pass an existing diffusers folder (with model_index.json, "
+                f"unet/, vae/, text_encoder/, tokenizer/) or a Hugging Face hub id.")
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     return (f"Could not load model '{source}': it is not a local folder and is not in the Hugging Face cache"
             f"{' (HF_HUB_OFFLINE=1 is set)' if offline else ' and the hub could not be reached'}; pass a local "
             f"diffusers folder with --model PATH, or download it on a connected machine "
-            f"(huggingface-cli download {source}) and run with HF_HUB_OFFLINE=1.")
+            f"(hf download {source}) and run with HF_HUB_OFFLINE=1.")
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub ids are 'owner/name'; anything else with a slash, or starting with . or ~, is meant as a folder."""
+    return source.startswith((".", "~", "/")) or source.count("/") > 1 or "\\" in source
 
 
 def _load_parts(source: str, device, dtype) -> dict:

@@ -49,9 +49,9 @@ class Runner:
         try:
             return task(self.models, task_request, on_step)
         except InvalidRequest as error:
-            raise gr.Error(str(error), title="Please check the input") from None
+            raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
         except Cancelled:
-            raise gr.Error("Stopped. Press Generate to start again.", title="Stopped") from None
+            raise gr.Error("Stopped. Press Generate to start again.", title="Stopped", print_exception=False) from None
         except Exception:  # never show a traceback in the browser; keep it in the server log
             log.exception("task %s failed", getattr(task, "__name__", task))
             raise gr.Error("Something went wrong on the server while generating; the details are in the server "

@@ -21,7 +21,8 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder=EXAMPLES[0], value=EXAMPLES[0])
-            negative_prompt = gr.Textbox(label="Negative prompt", value="", placeholder="what to steer away from, e.g. 'red'")
+            negative_prompt = gr.Textbox(label="Negative prompt", value="",
+                                         placeholder="what to steer away from, e.g. 'red'")
             with gr.Row():
                 sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
                 steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
@@ -38,7 +39,7 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
                 stop = gr.Button("Stop", variant="stop")
             gr.Examples(EXAMPLES, inputs=[prompt], label="Prompts the built-in model knows")
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", format="png", columns=2, height=420, object_fit="contain")
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", object_fit="contain")
             used_seed = gr.Textbox(label="Seed used", interactive=False)
             with gr.Accordion("Generation data (also stored in each PNG)", open=False):
                 metadata = gr.JSON(label="Metadata")

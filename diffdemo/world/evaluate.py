@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffdemo.engine import DEFAULT_SAMPLER, SAMPLERS, load_models
 from diffdemo.world.checker import ATTRIBUTES, judge, score
 from diffdemo.world.render import render_scenes, to_pil
 from diffdemo.world.scene import sample_scene
@@ -33,22 +34,29 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(peak_signal_noise_ratio(a, b, data_range=255))
 
 
-def adherence(pipe, n: int, held_out: bool, seed: int, steps: int, guidance: float, batch: int = 16):
-    """Generates ``n`` images from fully specified captions; returns (per-attribute accuracy, images, scenes)."""
+def adherence(models, n: int, held_out: bool, seed: int, steps: int, guidance: float, sampler: str):
+    """Generates ``n`` images through the app's own task from fully specified captions.
+
+    Returns (per-attribute accuracy with the shape confusions, images, scenes).
+    """
+    from diffdemo.tasks import TextToImageRequest, text_to_image
+
     rng = random.Random(seed + (1 if held_out else 0))
     scenes = [sample_scene(rng, held_out=held_out, mention_prob=1.0) for _ in range(n)]
-    images, ok, total = [], Counter(), Counter()
-    for start in range(0, n, batch):
-        chunk = scenes[start:start + batch]
-        generators = [torch.Generator().manual_seed(seed * 10_000 + start + i) for i in range(len(chunk))]
-        out = pipe([s.caption for s in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=generators, height=128, width=128).images
-        images += out
-        for scene, image in zip(chunk, out):
-            for attribute, correct in score(scene, judge(image)).items():
-                total[attribute] += 1
-                ok[attribute] += correct
-    return {a: round(ok[a] / total[a], 3) for a in ATTRIBUTES if total[a]}, images, scenes
+    images, ok, total, confusions = [], Counter(), Counter(), Counter()
+    for i, scene in enumerate(scenes):
+        request = TextToImageRequest(prompt=scene.caption, sampler=sampler, steps=steps, guidance_scale=guidance,
+                                     seed=seed * 10_000 + i)
+        image = text_to_image(models, request).images[0]
+        images.append(image)
+        judgement = judge(image)
+        for attribute, correct in score(scene, judgement).items():
+            total[attribute] += 1
+            ok[attribute] += correct
+        if judgement.shape != scene.shape:
+            confusions[f"{scene.size} {scene.shape} -> {judgement.shape}"] += 1
+    accuracy = {a: round(ok[a] / total[a], 3) for a in ATTRIBUTES if total[a]}
+    return {**accuracy, "shape_errors": dict(confusions.most_common())}, images, scenes
 
 
 def vae_psnr(vae, n: int = 64, seed: int = 7) -> float:
@@ -89,24 +97,25 @@ def save_grid(images, path: Path, columns: int = 8) -> None:
 
 
 def main(argv=None) -> None:
-    from diffusers import StableDiffusionPipeline, StableDiffusionUpscalePipeline
+    from diffusers import StableDiffusionUpscalePipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="folder holding model/ (and upscaler/)")
     parser.add_argument("--samples", type=int, default=96, help="images per caption set")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, help=f"one of {', '.join(SAMPLERS)}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write results here")
     parser.add_argument("--grid", type=Path, help="write a sample grid PNG here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    pipe = StableDiffusionPipeline.from_pretrained(args.dir / "model", torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    results = {"steps": args.steps, "guidance": args.guidance, "sampler": type(pipe.scheduler).__name__,
-               "samples": args.samples, "vae_psnr_db": vae_psnr(pipe.vae)}
+    models = load_models(str(args.dir / "model"), device="cpu")
+    results = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
+               "samples": args.samples, "vae_psnr_db": vae_psnr(models.vae)}
     for name, held_out in (("seen", False), ("held_out", True)):
-        accuracy, images, scenes = adherence(pipe, args.samples, held_out, args.seed, args.steps, args.guidance)
+        accuracy, images, scenes = adherence(models, args.samples, held_out, args.seed, args.steps, args.guidance,
+                                             args.sampler)
         results[name] = accuracy
         print(name, accuracy, flush=True)
         if args.grid and name == "seen":

@@ -134,7 +134,8 @@ def caption_for(scene: Scene, rng: random.Random | None = None) -> str:
     m = scene.mentioned
     words = []
     if "size" in m:
-        words.append(pick({"small": ("small", "small", "tiny", "little"), "large": ("large", "large", "big")}[scene.size]))
+        size_words = {"small": ("small", "small", "tiny", "little"), "large": ("large", "large", "big")}
+        words.append(pick(size_words[scene.size]))
     if "colour" in m:
         words.append(pick({"gray": ("gray", "grey"), "purple": ("purple", "purple", "violet")}.get(
             scene.colour, (scene.colour,))))

@@ -35,32 +35,35 @@ STAGES = ("tokenizer", "vae", "unet", "upscaler", "denoiser", "assemble")
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The defaults are the recipe of the shipped model (step counts reached on one H100; see docs/MODEL_CARD.md)."""
+
     preset: str = "full"
     seed: int = 0
     image_size: int = 128
     max_text_tokens: int = 24
-    vae_steps: int = 6000
-    vae_batch: int = 64
-    vae_lr: float = 3e-4
-    unet_steps: int = 20000
-    unet_batch: int = 256
+    vae_steps: int = 2763
+    vae_batch: int = 32
+    vae_lr: float = 6e-4
+    unet_steps: int = 1893
+    unet_batch: int = 768
     unet_lr: float = 5e-4
-    unet_pool: int = 200_000  # scenes encoded once by the frozen VAE; captions are redrawn every use
-    upscaler_vae_steps: int = 3000
-    upscaler_steps: int = 8000
+    unet_pool: int = 150_000  # scenes encoded once by the frozen VAE; captions are redrawn every use
+    upscaler_vae_steps: int = 3756
+    upscaler_steps: int = 6456
     upscaler_batch: int = 64
     upscaler_pool: int = 60_000
-    denoiser_steps: int = 8000
+    denoiser_steps: int = 3759
     denoiser_batch: int = 64
     lr: float = 3e-4  # upscaler and denoiser
+    warmup_steps: int = 500  # linear learning-rate warm-up of every stage
     cfg_dropout: float = 0.1
     ema_decay: float = 0.9995
     max_minutes_per_stage: float = 0.0  # 0: no cap; else a stage stops early and logs the steps it did
 
 
 TINY = TrainConfig(preset="tiny", image_size=64, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4, unet_pool=16,
-                   upscaler_vae_steps=2, upscaler_steps=2, upscaler_batch=2, upscaler_pool=8, denoiser_steps=2, denoiser_batch=2,
-                   ema_decay=0.9)
+                   upscaler_vae_steps=2, upscaler_steps=2, upscaler_batch=2, upscaler_pool=8, denoiser_steps=2,
+                   denoiser_batch=2, ema_decay=0.9, warmup_steps=2)
 
 
 class WorldStream:
@@ -85,7 +88,7 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
 
     params = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, min(500, steps // 10))
+    warmup = max(1, cfg.warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     averages = [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True)
                 for m in modules] if ema else []
@@ -347,8 +350,8 @@ def main(argv=None) -> None:
     parser.add_argument("--preset", choices=("full", "tiny"), default="full", help="tiny: a seconds-long smoke run")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
-    for field in ("vae_steps", "unet_steps", "unet_pool", "vae_lr", "upscaler_pool", "upscaler_batch", "upscaler_vae_steps", "upscaler_steps", "denoiser_steps",
-                  "unet_batch", "vae_batch", "max_minutes_per_stage"):
+    for field in ("vae_steps", "vae_batch", "vae_lr", "unet_steps", "unet_batch", "unet_pool", "upscaler_vae_steps",
+                  "upscaler_steps", "upscaler_batch", "upscaler_pool", "denoiser_steps", "max_minutes_per_stage"):
         parser.add_argument("--" + field.replace("_", "-"), type=float if "minutes" in field or "lr" in field else int)
     args = parser.parse_args(argv)
     cfg = replace(TINY if args.preset == "tiny" else TrainConfig(), seed=args.seed)

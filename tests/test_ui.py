@@ -1,0 +1,185 @@
+"""End-to-end tests of the Gradio app through its public API (gradio_client), plus the command line.
+
+The embedded model runs on the CPU (about a second per 25-step image), so these run everywhere, offline.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import json  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+API = "/text_to_image"
+MAX_SEED = 2**32 - 1
+FAST = dict(steps=8)  # fewer steps where the test is not about the defaults
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_embedded(request):
+    """The embedded model: conftest's session fixture when there is one (shared), else loaded here."""
+    try:
+        return request.getfixturevalue("embedded_models")
+    except pytest.FixtureLookupError:
+        from diffdemo.engine import load_models
+
+        return load_models()
+
+
+@pytest.fixture(scope="module")
+def server(request, tmp_path_factory):
+    """The app, launched in this process on a free port; yields (url, port)."""
+    from diffdemo.ui.app import build_demo, configure_queue
+
+    demo = configure_queue(build_demo(load_embedded(request), output_dir=tmp_path_factory.mktemp("outputs")))
+    port = free_port()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        yield url, port
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    url, _ = server
+    client = Client(url, verbose=False)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def generate(client, **kwargs):
+    return client.predict(api_name=API, **kwargs)
+
+
+def pixels(path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_prompt_only_uses_defaults(client):
+    gallery, metadata, seed_used = generate(client, prompt="a red circle")
+    assert len(gallery) == 1
+    with Image.open(gallery[0]["image"]) as image:
+        assert image.format == "PNG"
+        assert image.size == (128, 128)
+    assert metadata["steps"] == 25 and metadata["sampler"] == "DDIM" and metadata["num_images"] == 1
+    assert metadata["prompt"] == "a red circle"
+    assert seed_used == str(metadata["seed"])
+
+
+def test_same_seed_same_pixels(client):
+    first = generate(client, prompt="a blue square", seed=1234, **FAST)
+    second = generate(client, prompt="a blue square", seed=1234, **FAST)
+    for gallery, metadata, seed_used in (first, second):
+        assert metadata["seed"] == 1234
+        assert metadata["seeds"] == [1234]
+        assert seed_used == "1234"
+        assert gallery[0]["caption"] == "seed 1234"
+    np.testing.assert_array_equal(pixels(first[0][0]["image"]), pixels(second[0][0]["image"]))
+
+
+def test_random_seed_is_reported(client):
+    _, metadata, seed_used = generate(client, prompt="a green heart", seed=-1, **FAST)
+    assert isinstance(metadata["seed"], int)
+    assert 0 <= metadata["seed"] <= MAX_SEED
+    assert seed_used == str(metadata["seed"])
+
+
+def test_png_carries_generation_data(client):
+    prompt = "a small yellow circle in the top left corner on a black background"
+    gallery, _, _ = generate(client, prompt=prompt, seed=42, **FAST)
+    with Image.open(gallery[0]["image"]) as image:
+        info = dict(image.info)
+    assert prompt in info["parameters"]
+    assert "Seed: 42" in info["parameters"]
+    assert "Steps: 8" in info["parameters"]
+    stored = json.loads(info["diffdemo"])
+    assert stored["task"] == "text_to_image"
+    assert stored["prompt"] == prompt
+    assert stored["seed"] == 42
+
+
+def test_several_images_use_consecutive_seeds(client):
+    gallery, metadata, seed_used = generate(client, prompt="a purple triangle", seed=7, num_images=2, **FAST)
+    assert [item["caption"] for item in gallery] == ["seed 7", "seed 8"]
+    assert metadata["seeds"] == [7, 8]
+    assert seed_used == "7, 8"
+    for item in gallery:
+        with Image.open(item["image"]) as image:
+            assert image.size == (128, 128)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(prompt=""), "prompt"),
+    (dict(prompt="   "), "prompt"),
+    (dict(prompt="a red circle", width=100), "multiple of 8"),
+    (dict(prompt="a red circle", steps=2.5), "whole number"),
+    (dict(prompt="a red circle", sampler="Foo"), "Foo"),
+], ids=["empty-prompt", "blank-prompt", "width-100", "fractional-steps", "unknown-sampler"])
+def test_bad_input_gives_a_clear_error(client, kwargs, message):
+    with pytest.raises(Exception) as caught:
+        generate(client, **{**FAST, **kwargs})
+    text = str(caught.value)
+    assert message in text
+    assert "Traceback" not in text
+
+
+def test_server_still_works_after_bad_inputs(client):
+    for kwargs in (dict(prompt=""), dict(prompt="x", width=100)):
+        with pytest.raises(Exception):
+            generate(client, **{**FAST, **kwargs})
+    gallery, metadata, _ = generate(client, prompt="a white square", seed=3, **FAST)
+    assert len(gallery) == 1 and metadata["seed"] == 3
+
+
+def test_queue_skipping_rest_route_is_closed(server):
+    import httpx
+
+    _, port = server
+    response = httpx.post(f"http://127.0.0.1:{port}/gradio_api/run/text_to_image",
+                          json={"data": ["a red circle", "", "DDIM", 2, 5, 128, 128, 1, 1]}, timeout=30)
+    assert response.status_code == 404
+
+
+def test_cli_help_lists_options(capsys):
+    import app
+
+    with pytest.raises(SystemExit) as exited:
+        app.parse_args(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--host", "--port", "--share", "--device", "--dtype"):
+        assert option in text
+
+
+def test_cli_missing_model_folder_is_one_clear_line():
+    folder = "/nonexistent/folder"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "app.py", "--model", folder], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("diffdemo:")
+    assert folder in lines[0]
