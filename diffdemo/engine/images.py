@@ -35,7 +35,8 @@ def encode_pixels(vae, pixels: torch.Tensor, generator: torch.Generator | None =
         return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
 
 
-def initial_noise(shape, seed: int, device, dtype) -> torch.Tensor:
-    """Gaussian noise drawn on the CPU from ``seed``, so a seed gives the same picture on any device."""
-    generator = torch.Generator("cpu").manual_seed(seed)
+def initial_noise(shape, seed, device, dtype) -> torch.Tensor:
+    """Gaussian noise drawn on the CPU from ``seed`` (an int or a CPU generator), so a seed gives the same
+    picture on any device."""
+    generator = seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)

@@ -145,10 +145,17 @@ def _load_parts(source: str, device, dtype) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    if Path(source).is_dir() and not (Path(source) / "tokenizer").is_dir():
+        raise ModelLoadError(f"The model folder {source} has no tokenizer/ subfolder; it is not a complete "
+                             f"Stable Diffusion diffusers folder.")
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
     except (OSError, ValueError, EnvironmentError) as error:
         raise ModelLoadError(_explain(source, "tokenizer", error)) from error
+    if len(tokenizer) <= 2 or tokenizer.model_max_length > 100_000:  # transformers builds an empty one if missing
+        if not Path(source).is_dir():
+            raise ModelLoadError(_explain(source, "tokenizer", FileNotFoundError("no tokenizer files found")))
+        raise ModelLoadError(f"The tokenizer in {source} is empty or has no length limit; check its tokenizer/ files.")
     text_encoder = _from_pretrained(CLIPTextModel, source, "text_encoder", dtype)
     vae = _from_pretrained(AutoencoderKL, source, "vae", dtype)
     unet = _from_pretrained(UNet2DConditionModel, source, "unet", dtype)

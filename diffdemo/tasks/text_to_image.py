@@ -64,10 +64,11 @@ def text_to_image(models, request: TextToImageRequest, callback: StepCallback | 
     scheduler.set_timesteps(request.steps, device=models.device)
     prompt = encode_prompt(models, request.prompt, request.negative_prompt, request.num_images)
     seeds = [request.seed + i for i in range(request.num_images)]
-    shape = (models.unet.config.in_channels, request.height // models.vae_scale, request.width // models.vae_scale)
-    latents = torch.cat([initial_noise((1, *shape), s, models.device, models.dtype) for s in seeds])
+    shape = (1, models.unet.config.in_channels, request.height // models.vae_scale, request.width // models.vae_scale)
+    # one CPU generator per image: its initial noise, then (for Euler a, DDPM) its per-step noise
+    generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    latents = torch.cat([initial_noise(shape, g, models.device, models.dtype) for g in generator])
     latents = latents * scheduler.init_noise_sigma
-    generator = torch.Generator("cpu").manual_seed(request.seed)  # the stochastic samplers' per-step noise
     predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale)
     with torch.inference_mode():
         latents = denoise_loop(scheduler, predict, latents, generator=generator, callback=callback)

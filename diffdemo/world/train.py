@@ -129,8 +129,25 @@ def train_tokenizer(cfg: TrainConfig, out: Path, device) -> dict:
     captions = [sample_scene(rng, mention_prob=0.7).caption for _ in range(20000)]
     tokenizer = CLIPTokenizer().train_new_from_iterator(captions, vocab_size=1000)
     tokenizer.model_max_length = cfg.max_text_tokens
-    tokenizer.save_pretrained(out / "model" / "tokenizer")
-    return {"vocab_size": len(tokenizer)}
+    folder = out / "model" / "tokenizer"
+    tokenizer.save_pretrained(folder)
+    canonical_token_ids(folder / "tokenizer.json")
+    return {"vocab_size": len(CLIPTokenizer.from_pretrained(folder))}
+
+
+def canonical_token_ids(path: Path) -> None:
+    """Renumbers a trained BPE vocabulary deterministically (the trainer's order of single tokens varies per run).
+
+    Special tokens keep their ids; then come the unmerged tokens sorted by text, then merged ones in merge order.
+    """
+    data = json.loads(path.read_text())
+    vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+    merged = list(dict.fromkeys("".join(m) if isinstance(m, list) else m.replace(" ", "") for m in merges))
+    specials = [t["content"] for t in sorted(data["added_tokens"], key=lambda t: t["id"])]
+    assert [vocab[t] for t in specials] == list(range(len(specials))), "special tokens must come first"
+    singles = sorted(t for t in vocab if t not in set(merged) and t not in specials)
+    data["model"]["vocab"] = {token: i for i, token in enumerate(specials + singles + merged)}
+    path.write_text(json.dumps(data, ensure_ascii=False))
 
 
 def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device) -> dict:
