@@ -5,6 +5,8 @@ Nothing here touches the network: HF_HUB_OFFLINE is set before diffusers/transfo
 from __future__ import annotations
 
 import os
+import socket
+from types import SimpleNamespace
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -102,3 +104,23 @@ def embedded_models():
     from diffdemo.engine import load_models
 
     return load_models()  # default device: accelerate picks the CPU here (fp32)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def live_app(embedded_models, tmp_path_factory):
+    """The whole app with the embedded model, launched once in this process; has ``url`` and ``port``."""
+    from diffdemo.ui.app import build_demo, configure_queue
+
+    demo = configure_queue(build_demo(embedded_models, output_dir=tmp_path_factory.mktemp("outputs")))
+    port = free_port()
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    try:
+        yield SimpleNamespace(url=url, port=port, demo=demo)
+    finally:
+        demo.close()

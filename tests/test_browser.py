@@ -11,7 +11,6 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import socket  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -32,32 +31,9 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright pac
                                                              "(pip install playwright)")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def load_embedded(request):
-    """The embedded model: conftest's session fixture when there is one (shared), else loaded here."""
-    try:
-        return request.getfixturevalue("embedded_models")
-    except pytest.FixtureLookupError:
-        from diffdemo.engine import load_models
-
-        return load_models()
-
-
 @pytest.fixture(scope="module")
-def app_url(request, tmp_path_factory):
-    from diffdemo.ui.app import build_demo, configure_queue
-
-    demo = configure_queue(build_demo(load_embedded(request), output_dir=tmp_path_factory.mktemp("outputs")))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
-    try:
-        yield url
-    finally:
-        demo.close()
+def app_url(live_app):
+    return live_app.url
 
 
 @pytest.fixture(scope="module")

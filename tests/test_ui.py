@@ -10,7 +10,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import json  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,34 +24,10 @@ MAX_SEED = 2**32 - 1
 FAST = dict(steps=8)  # fewer steps where the test is not about the defaults
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def load_embedded(request):
-    """The embedded model: conftest's session fixture when there is one (shared), else loaded here."""
-    try:
-        return request.getfixturevalue("embedded_models")
-    except pytest.FixtureLookupError:
-        from diffdemo.engine import load_models
-
-        return load_models()
-
-
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    """The app, launched in this process on a free port; yields (url, port)."""
-    from diffdemo.ui.app import build_demo, configure_queue
-
-    demo = configure_queue(build_demo(load_embedded(request), output_dir=tmp_path_factory.mktemp("outputs")))
-    port = free_port()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
-    try:
-        yield url, port
-    finally:
-        demo.close()
+def server(live_app):
+    """The app launched once for the session (conftest); yields (url, port)."""
+    return live_app.url, live_app.port
 
 
 @pytest.fixture(scope="module")
