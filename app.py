@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no analytics calls: works offline
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about image processors we do not use
     from diffdemo.engine import ModelLoadError, load_models
     from diffdemo.ui.app import MAX_FILE_SIZE, build_demo, configure_queue
 
