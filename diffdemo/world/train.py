@@ -246,17 +246,8 @@ def train_upscaler(cfg: TrainConfig, out: Path, device) -> dict:
     unet = models.upscaler_unet(cfg.preset, low, models._WIDTHS[cfg.preset]["text"]).to(device)
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     low_res_schedule = DDPMScheduler(**models.UPSCALER_NOISE_SCHEDULE)
-    stream = WorldStream(cfg.seed + 4, cfg.image_size, device)
-    pool_small, pool_latents = [], []
-    for start in range(0, cfg.upscaler_pool, 256):
-        _, x = stream.batch(min(256, cfg.upscaler_pool - start))
-        with torch.no_grad(), _autocast(device):
-            pool_latents.append(vae.encode(x).latent_dist.sample() * models.UPSCALER_SCALING_FACTOR)
-        # half the low-res inputs are bicubic (what PIL users make), half box-filtered
-        bicubic = F.interpolate(x, size=low, mode="bicubic", antialias=True).clamp(-1, 1)
-        area = F.interpolate(x, size=low, mode="area")
-        pool_small.append(torch.where(torch.rand(len(x), 1, 1, 1, device=device) < 0.5, bicubic, area))
-    pool_small, pool_latents = torch.cat(pool_small), torch.cat(pool_latents).float()
+    pool_small, pool_latents = upscaler_pool(vae, WorldStream(cfg.seed + 4, cfg.image_size, device),
+                                             cfg.upscaler_pool, low)
 
     def loss_fn(step):
         index = torch.randint(0, len(pool_small), (cfg.upscaler_batch,), device=device)
@@ -279,6 +270,20 @@ def train_upscaler(cfg: TrainConfig, out: Path, device) -> dict:
     models.latent_scheduler().save_pretrained(folder / "scheduler")
     low_res_schedule.save_pretrained(folder / "low_res_scheduler")
     return {"vae": vae_log, "unet": log}
+
+
+def upscaler_pool(vae, stream: WorldStream, n: int, low: int):
+    """``n`` (low-res image ``n×3×low×low``, scaled latents of the full image) pairs, made once."""
+    pool_small, pool_latents = [], []
+    for start in range(0, n, 256):
+        _, x = stream.batch(min(256, n - start))
+        with torch.no_grad(), _autocast(x.device):
+            pool_latents.append(vae.encode(x).latent_dist.sample() * models.UPSCALER_SCALING_FACTOR)
+        # half the low-res inputs are bicubic (what PIL users make), half box-filtered
+        bicubic = F.interpolate(x, size=low, mode="bicubic", antialias=True).clamp(-1, 1)
+        area = F.interpolate(x, size=low, mode="area")
+        pool_small.append(torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, bicubic, area))
+    return torch.cat(pool_small), torch.cat(pool_latents).float()
 
 
 def train_denoiser(cfg: TrainConfig, out: Path, device) -> dict:
