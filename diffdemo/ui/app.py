@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpainting
 from diffdemo.ui.runner import Runner
 from diffdemo.ui.text_to_image_tab import build_text_to_image_tab
 
@@ -24,8 +25,12 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
     model_line = EMBEDDED_LINE if embedded else f"Model: `{models.name}`."
     with gr.Blocks(title="diffdemo", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO.format(model_line=model_line))
-        with gr.Tab("Text to image"):
-            build_text_to_image_tab(runner, GPU_GROUP)
+        with gr.Tabs() as tabs:
+            with gr.Tab("Text to image"):
+                text_to_image = build_text_to_image_tab(runner, GPU_GROUP)
+            with gr.Tab("Inpainting", id="inpaint"):
+                inpainting = build_inpaint_tab(runner, GPU_GROUP)
+        connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
     demo.runner = runner
     return demo
 

@@ -16,7 +16,8 @@ EXAMPLES = [
 ]
 
 
-def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
+def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
+    """Builds the tab; returns the components other tabs connect to (gallery, selected index, send button)."""
     native = runner.models.native_size
     with gr.Row():
         with gr.Column(scale=1):
@@ -41,6 +42,8 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", object_fit="contain")
             used_seed = gr.Textbox(label="Seed used", interactive=False)
+            send_to_inpainting = gr.Button("Send to inpainting", size="sm")
+            selected = gr.State(0)  # the gallery image last clicked; what "Send to inpainting" sends
             with gr.Accordion("Generation data (also stored in each PNG)", open=False):
                 metadata = gr.JSON(label="Metadata")
 
@@ -62,3 +65,9 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> None:
     prompt.submit(run, [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images],
                   [gallery, metadata, used_seed], api_visibility="private", concurrency_id=gpu_group)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
+    gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
+    return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
+
+
+def _selected_index(event: gr.SelectData) -> int:
+    return event.index
