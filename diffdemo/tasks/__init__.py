@@ -1,8 +1,11 @@
 """One plain function per capability; typed request in, images + metadata out. No gradio here."""
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, Cancelled, Step
 from diffdemo.tasks.common import InvalidRequest, TaskResult, save_png
+from diffdemo.tasks.denoise import (DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, example_images,
+                                    noise_sweep)
 from diffdemo.tasks.inpaint import InpaintRequest, inpaint
 from diffdemo.tasks.text_to_image import TextToImageRequest, text_to_image
 
 __all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "Cancelled", "InpaintRequest", "InvalidRequest", "Step", "TaskResult",
            "TextToImageRequest", "inpaint", "save_png", "text_to_image"]
+__all__ += ["DENOISE_SAMPLERS", "DenoiseRequest", "NoiseSweepRequest", "denoise", "example_images", "noise_sweep"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from diffdemo.ui.denoise_tab import build_denoise_tab
 from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpainting
 from diffdemo.ui.runner import Runner
 from diffdemo.ui.text_to_image_tab import build_text_to_image_tab
@@ -30,6 +31,8 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
                 text_to_image = build_text_to_image_tab(runner, GPU_GROUP)
             with gr.Tab("Inpainting", id="inpaint"):
                 inpainting = build_inpaint_tab(runner, GPU_GROUP)
+            with gr.Tab("Denoising", id="denoise"):
+                build_denoise_tab(runner, GPU_GROUP)
         connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
     demo.runner = runner
     return demo
