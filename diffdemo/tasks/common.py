@@ -51,6 +51,15 @@ def as_number(name: str, value, *, integer: bool = False, low: float | None = No
     return value
 
 
+def as_multiple(name: str, value, step: int, *, low: float, high: float) -> int:
+    """A whole number in [low, high] that is a multiple of ``step`` (e.g. pixels per latent cell)."""
+    value = as_number(name, value, integer=True, low=low, high=high)
+    if value % step:
+        nearest = max(step, round(value / step) * step)
+        raise InvalidRequest(f"{name.capitalize()} must be a multiple of {step} pixels; got {value} (try {nearest}).")
+    return value
+
+
 def check_prompt(name: str, text, *, required: bool) -> str:
     if text is None:
         text = ""

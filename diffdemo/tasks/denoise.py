@@ -12,8 +12,6 @@ estimator (Donoho 1995) and there is no clean image to score against.
 """
 from __future__ import annotations
 
-import io
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -23,6 +21,7 @@ from PIL import Image
 
 from diffdemo.engine.sampling import StepCallback, combine_callbacks, denoise_loop
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, library_versions, resolve_seed
+from diffdemo.tasks.inputs import WHITE, open_image, to_rgb
 
 DENOISE_SAMPLERS = ("DDIM", "DDPM")  # deterministic from t / ancestral (stochastic) from t
 MAX_SIGMA = 150.0
@@ -78,31 +77,13 @@ def validate(request, models):
 
 def load_image(value) -> tuple[np.ndarray, dict]:
     """Any image input -> ``H×W×3`` uint8 (RGB, sides cropped down to multiples of 8) and notes for metadata."""
-    if value is None:
-        raise InvalidRequest("No image was given; upload an image.")
-    try:
-        if isinstance(value, np.ndarray):
-            value = Image.fromarray(value)
-        elif isinstance(value, (bytes, bytearray)):
-            value = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, os.PathLike)):
-            value = Image.open(value)
-        if not isinstance(value, Image.Image):
-            raise InvalidRequest(f"The image must be a picture; got {type(value).__name__}.")
-        width, height = value.size
-        if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
-            raise InvalidRequest(f"The image is {width}×{height} pixels; the limit is 1 megapixel and {MAX_SIDE} "
-                                 f"pixels a side, so please downscale it first.")
-        pixels = np.asarray(value.convert("RGB"))
-    except InvalidRequest:
-        raise
-    except (OSError, ValueError, TypeError, SyntaxError) as error:
-        raise InvalidRequest("The image could not be read: the file is corrupt or not a picture (use PNG, JPEG or "
-                             "WebP).") from error
+    image = open_image(value, "image", max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
+    pixels = to_rgb(image, WHITE)
+    height, width = pixels.shape[:2]
     if min(width, height) < MIN_SIDE:
         raise InvalidRequest(f"The image is {width}×{height} pixels; it must be at least {MIN_SIDE} pixels a side.")
     snapped = pixels[: height // 8 * 8, : width // 8 * 8]
-    notes = {"input_mode": value.mode, "size": f"{snapped.shape[1]}x{snapped.shape[0]}"}
+    notes = {"input_mode": image.mode, "size": f"{snapped.shape[1]}x{snapped.shape[0]}"}
     if snapped.shape != pixels.shape:
         notes["cropped"] = f"{width}x{height} -> {notes['size']} (the U-Net needs multiples of 8)"
     return np.ascontiguousarray(snapped), notes

@@ -9,8 +9,6 @@ the feathered mask, which is zero wherever the binary mask is zero: unmasked out
 """
 from __future__ import annotations
 
-import io
-import os
 import time
 from dataclasses import dataclass, fields, replace
 
@@ -22,8 +20,9 @@ from PIL import Image
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
-from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_number, check_prompt,
+from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number, check_prompt,
                                    library_versions, resolve_seed)
+from diffdemo.tasks.inputs import BLACK, WHITE, check_size, open_image, to_rgb
 from diffdemo.tasks.text_to_image import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
 MAX_PIXELS = 4_000_000
@@ -32,8 +31,6 @@ MAX_PADDING = 1024
 MAX_OUTPAINT = 1024
 OUTPAINT_FILLS = ("edge", "mean")
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -81,14 +78,9 @@ def validate(request: InpaintRequest, models) -> InpaintRequest:
     if request.outpaint_fill not in OUTPAINT_FILLS:
         raise InvalidRequest(f"outpaint_fill must be one of {', '.join(OUTPAINT_FILLS)}; "
                              f"got {request.outpaint_fill!r}.")
-    margins = {}
-    for side in OUTPAINT_SIDES:
-        name = f"outpaint_{side}"
-        value = as_number(name, getattr(request, name), integer=True, low=0, high=MAX_OUTPAINT)
-        if value % models.vae_scale:
-            raise InvalidRequest(f"{name} must be a multiple of {models.vae_scale} pixels; got {value} "
-                                 f"(try {-(-value // models.vae_scale) * models.vae_scale}).")
-        margins[name] = value
+    margins = {f"outpaint_{side}": as_multiple(f"outpaint_{side}", getattr(request, f"outpaint_{side}"),
+                                               models.vae_scale, low=0, high=MAX_OUTPAINT)
+               for side in OUTPAINT_SIDES}
     return replace(request, **margins,
                    prompt=check_prompt("prompt", request.prompt, required=False),
                    negative_prompt=check_prompt("negative_prompt", request.negative_prompt, required=False),
@@ -147,7 +139,7 @@ def describe(models, request: InpaintRequest, canvas: Canvas, output: np.ndarray
 
 def prepare_canvas(request: InpaintRequest, models) -> Canvas:
     """Opens, converts, snaps, outpaints and checks the image and mask; raises InvalidRequest on any problem."""
-    image = open_image(request.image, "image")
+    image = open_image(request.image, "image", max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     pixels, notes = to_rgb(image, WHITE), {}
     outpainting = any(getattr(request, f"outpaint_{side}") for side in OUTPAINT_SIDES)
     if request.mask is None and not outpainting:
@@ -169,64 +161,16 @@ def prepare_canvas(request: InpaintRequest, models) -> Canvas:
     if outpainting:
         pixels, mask = outpaint(pixels, mask, request)
         notes["outpaint"] = [getattr(request, f"outpaint_{side}") for side in OUTPAINT_SIDES]
-        check_size(pixels.shape[1], pixels.shape[0], "The outpainted canvas")
+        check_size(pixels.shape[1], pixels.shape[0], "The outpainted canvas", max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     if not mask.any():
         raise InvalidRequest("The mask is empty: paint the area to repaint (white = repaint).")
     return Canvas(np.ascontiguousarray(pixels), np.ascontiguousarray(mask), notes)
 
 
-def open_image(value, name: str):
-    """A PIL image from a PIL image, a uint8/bool array, a file path or bytes; checks the size before decoding."""
-    if value is None:
-        raise InvalidRequest(f"No {name} was given; upload an image.")
-    try:
-        if isinstance(value, np.ndarray):
-            value = Image.fromarray(value.astype(np.uint8) * 255 if value.dtype == bool else value)
-        elif isinstance(value, (bytes, bytearray)):
-            value = Image.open(io.BytesIO(value))
-        elif isinstance(value, (str, os.PathLike)):
-            value = Image.open(value)
-        if not isinstance(value, Image.Image):
-            raise InvalidRequest(f"The {name} must be an image; got {type(value).__name__}.")
-        check_size(*value.size, f"The {name}")
-        value.load()
-    except InvalidRequest:
-        raise
-    except Image.DecompressionBombError as error:
-        raise InvalidRequest(f"The {name} is too large: the limit is {MAX_PIXELS / 1e6:g} megapixels.") from error
-    except (OSError, ValueError, TypeError, SyntaxError) as error:
-        raise InvalidRequest(f"The {name} could not be read: the file is corrupt or not a picture (use PNG, JPEG "
-                             f"or WebP).") from error
-    return value
-
-
-def check_size(width: int, height: int, what: str) -> None:
-    if width * height > MAX_PIXELS or max(width, height) > MAX_SIDE:
-        raise InvalidRequest(f"{what} is {width}×{height} pixels ({width * height / 1e6:.1f} megapixels); the limit "
-                             f"is {MAX_PIXELS / 1e6:g} megapixels and {MAX_SIDE} pixels a side.")
-
-
-def to_rgb(image, background: tuple[int, int, int]) -> np.ndarray:
-    """Any PIL mode -> ``H×W×3`` uint8. 16-bit and float greys are scaled to 8 bits; transparency is flattened
-    onto ``background`` (the hidden colour under transparent pixels is arbitrary)."""
-    if image.mode in HIGH_BIT_MODES:
-        grey = np.asarray(image, dtype=np.float64)
-        peak = grey.max(initial=0)
-        scale = 255 / 65535 if image.mode.startswith("I;16") or peak > 255 else 255 if peak <= 1 else 1
-        grey = np.clip(np.round(grey * scale), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
-        flat = Image.new("RGBA", image.size, (*background, 255))
-        image = Image.alpha_composite(flat, image.convert("RGBA"))
-    try:
-        return np.asarray(image.convert("RGB"))
-    except ValueError as error:
-        raise InvalidRequest(f"Images in {image.mode} mode are not supported; save it as RGB PNG or JPEG.") from error
-
-
 def load_mask(value, size: tuple[int, int]) -> np.ndarray:
     """The mask as ``H×W`` bool (True = repaint) at the image ``size`` (W, H): to L, nearest resize, ≥128."""
-    rgb = to_rgb(open_image(value, "mask"), BLACK)  # a transparent mask background means "keep"
+    # a transparent mask background means "keep"
+    rgb = to_rgb(open_image(value, "mask", max_pixels=MAX_PIXELS, max_side=MAX_SIDE), BLACK)
     grey = Image.fromarray(rgb).convert("L")
     if grey.size != tuple(size):
         grey = grey.resize(tuple(size), Image.NEAREST)

@@ -9,7 +9,7 @@ import torch
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
-from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_number, check_prompt,
+from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number, check_prompt,
                                    library_versions, resolve_seed)
 
 MAX_STEPS = 150
@@ -38,15 +38,9 @@ def validate(request: TextToImageRequest, models) -> TextToImageRequest:
     """Returns the request with defaults filled in, or raises :class:`InvalidRequest` saying what is wrong."""
     if request.sampler not in SAMPLERS:
         raise InvalidRequest(f"Unknown sampler '{request.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
-    size = {}
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        value = models.native_size if value is None else as_number(name, value, integer=True, low=MIN_SIDE,
-                                                                    high=MAX_SIDE)
-        if value % models.vae_scale:
-            raise InvalidRequest(f"{name.capitalize()} must be a multiple of {models.vae_scale}; got {value} "
-                                 f"(try {round(value / models.vae_scale) * models.vae_scale}).")
-        size[name] = value
+    size = {name: models.native_size if getattr(request, name) is None else
+            as_multiple(name, getattr(request, name), models.vae_scale, low=MIN_SIDE, high=MAX_SIDE)
+            for name in ("width", "height")}
     return replace(request, **size,
                    prompt=check_prompt("prompt", request.prompt, required=True),
                    negative_prompt=check_prompt("negative_prompt", request.negative_prompt, required=False),

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
 
 from diffdemo.world.render import shape_coverage
 from diffdemo.world.scene import COLOURS, POSITIONS, SHAPES, SIZE_THRESHOLD, Scene

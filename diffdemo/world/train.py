@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
