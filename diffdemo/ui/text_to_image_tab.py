@@ -47,9 +47,22 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Accordion("Generation data (also stored in each PNG)", open=False):
                 metadata = gr.JSON(label="Metadata")
 
-    def run(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
-            guidance_scale: float = 5.0, width: int = native, height: int = native, seed: int = -1,
-            num_images: int = 1, request: gr.Request = None, progress=gr.Progress()):
+    run = _text_to_image_handler(runner)
+    inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images]
+    outputs = [gallery, metadata, used_seed]
+    event = generate.click(run, inputs, outputs, api_name="text_to_image", concurrency_id=gpu_group)
+    submitted = prompt.submit(run, inputs, outputs, api_visibility="private", concurrency_id=gpu_group)
+    stop.click(runner.stop, None, None, cancels=[event, submitted], api_visibility="private", queue=False)
+    gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
+    return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
+
+
+def _text_to_image_handler(runner: Runner):
+    native = runner.models.native_size
+
+    def text_to_image_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
+                            guidance_scale: float = 5.0, width: int = native, height: int = native, seed: int = -1,
+                            num_images: int = 1, request: gr.Request = None, progress=gr.Progress()):
         task_request = TextToImageRequest(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler,
                                           steps=steps, guidance_scale=guidance_scale, width=width, height=height,
                                           seed=seed, num_images=num_images)
@@ -58,15 +71,8 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
         seeds = result.metadata["seeds"]
         return [(p, f"seed {s}") for p, s in zip(paths, seeds)], result.metadata, ", ".join(map(str, seeds))
 
-    run.__name__ = "text_to_image"
-    event = generate.click(run, [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed,
-                                 num_images], [gallery, metadata, used_seed], api_name="text_to_image",
-                           concurrency_id=gpu_group)
-    prompt.submit(run, [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images],
-                  [gallery, metadata, used_seed], api_visibility="private", concurrency_id=gpu_group)
-    stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
-    gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
-    return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
+    text_to_image_event.__name__ = "text_to_image"
+    return text_to_image_event
 
 
 def _selected_index(event: gr.SelectData) -> int:
