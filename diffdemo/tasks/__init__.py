@@ -6,8 +6,10 @@ from diffdemo.tasks.denoise import (DENOISE_SAMPLERS, DenoiseRequest, NoiseSweep
 from diffdemo.tasks.inpaint import InpaintRequest, inpaint
 from diffdemo.tasks.super_resolution import SuperResolutionRequest, super_resolve
 from diffdemo.tasks.text_to_image import TextToImageRequest, text_to_image
+from diffdemo.tasks.trajectory import TrajectoryRequest, load_run, trajectory
 
 __all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "Cancelled", "InpaintRequest", "InvalidRequest", "Step", "TaskResult",
            "TextToImageRequest", "inpaint", "save_png", "text_to_image"]
 __all__ += ["DENOISE_SAMPLERS", "DenoiseRequest", "NoiseSweepRequest", "denoise", "example_images", "noise_sweep"]
 __all__ += ["SuperResolutionRequest", "super_resolve"]
+__all__ += ["TrajectoryRequest", "load_run", "trajectory"]

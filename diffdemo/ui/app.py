@@ -8,6 +8,7 @@ from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpaintin
 from diffdemo.ui.runner import Runner
 from diffdemo.ui.super_resolution_tab import build_super_resolution_tab
 from diffdemo.ui.text_to_image_tab import build_text_to_image_tab
+from diffdemo.ui.trajectory_tab import build_trajectory_tab
 
 GPU_GROUP = "model"  # every event that runs a model shares this queue: one job at a time
 QUEUE_SIZE = 20
@@ -36,6 +37,8 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
                 build_denoise_tab(runner, GPU_GROUP)
             with gr.Tab("Super-resolution", id="super_resolution"):
                 build_super_resolution_tab(runner, GPU_GROUP)
+            with gr.Tab("Trajectory", id="trajectory"):
+                build_trajectory_tab(runner, GPU_GROUP)
         connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
     demo.runner = runner
     return demo
