@@ -74,7 +74,8 @@ class ModelSet:
         from diffusers import StableDiffusionPipeline
 
         cls = cls or StableDiffusionPipeline
-        components = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+        unet = getattr(self.unet, "base", self.unet)  # step caching (engine/fast.py) wraps the U-Net module
+        components = dict(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=unet,
                           scheduler=self.scheduler, safety_checker=None, feature_extractor=None)
         return cls(**components, requires_safety_checker=False)
 
@@ -96,10 +97,12 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torc
 
 
 def load_models(model: str | os.PathLike | None = None, *, upscaler: str | os.PathLike | None = None,
-                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> ModelSet:
+                device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                fast=None) -> ModelSet:
     """Loads tokenizer, CLIP text encoder, VAE, U-Net and scheduler (plus an upscaler and denoiser if present).
 
     ``model`` None means the embedded model in assets/; its upscaler and pixel denoiser come along.
+    ``fast`` (a :class:`~diffdemo.engine.fast.FastPath`, default None = off) applies opt-in speed-ups.
     Raises :class:`ModelLoadError` with a one-sentence explanation when something cannot be loaded.
     """
     device = torch.device(device) if device else default_device()
@@ -112,7 +115,12 @@ def load_models(model: str | os.PathLike | None = None, *, upscaler: str | os.Pa
     up = _load_upscaler(str(upscaler), device, dtype) if upscaler else None
     den = _load_denoiser(str(EMBEDDED_DENOISER), device, dtype) if embedded and EMBEDDED_DENOISER.exists() else None
     name = "diffdemo-shapes (embedded)" if embedded else str(model)
-    return ModelSet(name=name, **parts, device=device, dtype=dtype, upscaler=up, denoiser=den)
+    models = ModelSet(name=name, **parts, device=device, dtype=dtype, upscaler=up, denoiser=den)
+    if fast is None:
+        return models
+    from diffdemo.engine.fast import apply_fast_path
+
+    return apply_fast_path(models, fast)
 
 
 def _from_pretrained(cls, source: str, subfolder: str, dtype, **kwargs):

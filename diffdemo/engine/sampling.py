@@ -86,7 +86,9 @@ def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torc
     A callback that raises :class:`Cancelled` stops the loop; the exception propagates to the task.
     """
     timesteps = scheduler.timesteps
-    alphas = scheduler.alphas_cumprod
+    # host copies made once: reading a GPU tensor in every step's callback would sync the device every step
+    host_timesteps = [int(t) for t in timesteps.tolist()] if callback is not None else None
+    alphas = scheduler.alphas_cumprod.cpu() if callback is not None else None
     # UniPC's step takes no generator; the stochastic samplers do
     step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for index in range(start_index, len(timesteps)):
@@ -100,9 +102,9 @@ def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torc
         if blend is not None:
             latents = blend(latents, index)
         if callback is not None:
-            alpha_bar = float(alphas[int(t)])
-            callback(Step(index=index, total=len(timesteps), timestep=int(t), sigma=sigma_of(alpha_bar),
-                          alpha_bar=alpha_bar, latents=latents, x0_pred=x0))
+            alpha_bar = float(alphas[host_timesteps[index]])
+            callback(Step(index=index, total=len(timesteps), timestep=host_timesteps[index],
+                          sigma=sigma_of(alpha_bar), alpha_bar=alpha_bar, latents=latents, x0_pred=x0))
     return latents
 
 
@@ -119,11 +121,13 @@ def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale
     labels = torch.cat([class_labels, class_labels]) if use_cfg and class_labels is not None else class_labels
     extra = torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels
 
+    model = unet.new_run() if hasattr(unet, "new_run") else unet  # step caching keeps per-run state (fast.py)
+
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model_input = torch.cat([x, x]) if use_cfg else x
         if extra is not None:
             model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
-        out = unet(model_input, t, encoder_hidden_states=embeddings, class_labels=labels).sample
+        out = model(model_input, t, encoder_hidden_states=embeddings, class_labels=labels).sample
         if not use_cfg:
             return out
         out_uncond, out_cond = out.chunk(2)

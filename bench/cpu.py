@@ -1,0 +1,283 @@
+"""CPU benchmark of the embedded model: our engine vs a bare diffusers pipeline, step caching, app overhead,
+start-up time and memory. Prints Markdown and rewrites the CPU section of docs/BENCHMARKS.md.
+
+    python bench/cpu.py                                          # the full run (about 7 minutes on 2 cores)
+    python bench/cpu.py --repeats 1 --steps 10 --sizes 128 --scenes 2 --no-write   # a quick check
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waiting threads distort shared machines
+
+import argparse  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+
+common.setup_paths()
+PROMPT = "a large red star on a blue background"
+GUIDANCE = 5.0
+SEED = 1234
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per variant (median reported)")
+    parser.add_argument("--warmups", type=int, default=1, help="unmeasured runs per variant first")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--step-cache", type=int, nargs="+", default=[2, 3], help="fast-mode intervals to measure")
+    parser.add_argument("--scenes", type=int, default=8, help="prompts for the step-cache quality check")
+    parser.add_argument("--startups", type=int, default=3, help="`python app.py` starts to time")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["profile", "latency", "quality", "app", "startup"])
+    parser.add_argument("--note", default="", help="a line printed under the machine description")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
+    return parser.parse_args(argv)
+
+
+def psnr(a, b) -> float:
+    a, b = (np.asarray(im.convert("RGB"), dtype=np.float64) for im in (a, b))
+    mse = np.mean((a - b) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def engine_call(models, steps: int, size: int, prompt: str = PROMPT, seed: int = SEED):
+    from diffdemo.tasks import TextToImageRequest, text_to_image
+
+    request = TextToImageRequest(prompt=prompt, steps=steps, guidance_scale=GUIDANCE, width=size, height=size,
+                                 seed=seed)
+    return lambda: text_to_image(models, request).images[0]
+
+
+def diffusers_call(pipe, steps: int, size: int):
+    """The same request as a user would write it with diffusers: same scheduler config, steps, guidance, seed."""
+    import torch
+
+    return lambda: pipe(PROMPT, negative_prompt="", num_inference_steps=steps, guidance_scale=GUIDANCE, width=size,
+                        height=size, generator=torch.Generator("cpu").manual_seed(SEED)).images[0]
+
+
+def latency(models, args) -> str:
+    """Engine vs diffusers (and the engine's step-cache fast mode) by size and steps, interleaved."""
+    from diffdemo.engine.fast import FastPath, apply_fast_path
+
+    pipe = models.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    cached = {n: apply_fast_path(models, FastPath(step_cache=n)) for n in args.step_cache}
+    rows, found = [], {}
+    for size in args.sizes:
+        for steps in args.steps:
+            variants = {"engine": engine_call(models, steps, size), "diffusers": diffusers_call(pipe, steps, size)}
+            variants.update({f"cache{n}": engine_call(fast, steps, size) for n, fast in cached.items()})
+            t = common.interleaved(variants, args.repeats, args.warmups)
+            same = psnr(variants["engine"](), variants["diffusers"]())
+            found[size, steps] = t
+            rows.append([f"{size}²", steps, common.ms(t["engine"].median), common.ms(t["diffusers"].median),
+                         f"{t['diffusers'].median / t['engine'].median:.2f}×", _db(same),
+                         *[f"{common.ms(t[f'cache{n}'].median)} ({t['engine'].median / t[f'cache{n}'].median:.2f}×)"
+                           for n in cached],
+                         f"{t['engine'].spread} / {t['diffusers'].spread}",
+                         f"{common.ms(t['engine'].warmup[0]) if t['engine'].warmup else '–'}"])
+    headers = ["size", "steps", "engine", "diffusers", "diffusers ÷ engine", "same picture (PSNR)",
+               *[f"engine, step cache {n}" for n in cached], "spread engine / diffusers (s)", "engine warm-up"]
+    text = common.markdown_table(headers, rows)
+    native = found.get((models.native_size, 25))
+    if native is not None:
+        seconds = native["engine"].median
+        text += (f"\n\nTarget: 25 steps at the native {models.native_size}² in ≤ 1 s — {common.ms(seconds)}, "
+                 f"{'met' if seconds <= 1 else 'missed'}"
+                 + "".join(f"; with step cache {n}: {common.ms(native[f'cache{n}'].median)}" for n in cached) + ".")
+    return text
+
+
+def _db(value: float) -> str:
+    return "identical" if math.isinf(value) else f"{value:.1f} dB"
+
+
+def quality(models, args) -> str:
+    """Step caching vs the full run, same seed: PSNR and what the shape checker reads (25 steps, native size)."""
+    from diffdemo.engine.fast import FastPath, apply_fast_path
+    from diffdemo.world.checker import judge, score
+    from diffdemo.world.scene import sample_scene
+
+    rng = random.Random(7)
+    scenes = [sample_scene(rng, mention_prob=1.0) for _ in range(args.scenes)]
+    size = models.native_size
+    full = [engine_call(models, 25, size, s.caption, SEED + i)() for i, s in enumerate(scenes)]
+    rows = [["full (every step)", "–", "–", _accuracy(full, scenes, judge, score)]]
+    for n in args.step_cache:
+        fast = apply_fast_path(models, FastPath(step_cache=n))
+        images = [engine_call(fast, 25, size, s.caption, SEED + i)() for i, s in enumerate(scenes)]
+        values = [psnr(a, b) for a, b in zip(full, images)]
+        finite = [v for v in values if math.isfinite(v)] or [math.inf]
+        rows.append([f"step cache {n}", f"{np.mean(finite):.1f} dB", f"{min(values):.1f} dB",
+                     _accuracy(images, scenes, judge, score)])
+    return common.markdown_table(["U-Net", "PSNR vs full, mean", "worst", "checker: shape / colour / all asked"],
+                                 rows)
+
+
+def _accuracy(images, scenes, judge, score) -> str:
+    scores = [score(scene, judge(image)) for image, scene in zip(images, scenes)]
+    shape = np.mean([s["shape"] for s in scores])
+    colour = np.mean([s["colour"] for s in scores if "colour" in s])
+    every = np.mean([all(s.values()) for s in scores])
+    return f"{shape:.0%} / {colour:.0%} / {every:.0%}"
+
+
+def profile(models, args) -> str:
+    """Where a 25-step native-size text-to-image goes: U-Net forwards (CFG batch of 2), VAE decode, text encoder."""
+    import torch
+
+    from diffdemo.engine.images import decode_latents
+    from diffdemo.engine.prompts import encode_prompt
+
+    side = models.native_size // models.vae_scale
+    latents = torch.randn(2, models.unet.config.in_channels, side, side)
+    prompt = encode_prompt(models, PROMPT)
+    text = torch.cat([prompt.uncond, prompt.cond])
+    with torch.inference_mode():
+        t = common.interleaved({"unet": lambda: models.unet(latents, torch.tensor(500), encoder_hidden_states=text),
+                                "vae": lambda: decode_latents(models.vae, latents[:1]),
+                                "text": lambda: encode_prompt(models, PROMPT)}, max(3, args.repeats), args.warmups)
+    total = 25 * t["unet"].median + t["vae"].median + t["text"].median
+    rows = [["U-Net forward (batch 2: CFG)", common.ms(t["unet"].median), f"× 25 = {common.ms(25 * t['unet'].median)}",
+             f"{25 * t['unet'].median / total:.0%}"],
+            ["VAE decode", common.ms(t["vae"].median), "× 1", f"{t['vae'].median / total:.0%}"],
+            ["text encoder (prompt + negative)", common.ms(t["text"].median), "× 1",
+             f"{t['text'].median / total:.0%}"],
+            ["sum", "", common.ms(total), "100%"]]
+    return common.markdown_table(["part", "one call", "per 25-step image", "share"], rows)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_overhead(models, args) -> str:
+    """A gradio_client round trip to the launched app vs the same request straight to the task function."""
+    from gradio_client import Client
+
+    from diffdemo.ui.app import build_demo, configure_queue
+
+    size = models.native_size
+    demo = configure_queue(build_demo(models, output_dir=tempfile.mkdtemp(prefix="bench-")))
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    try:
+        client = Client(url, verbose=False)
+        request = dict(prompt=PROMPT, steps=25, guidance_scale=GUIDANCE, width=size, height=size, seed=SEED)
+        t = common.interleaved({"engine": engine_call(models, 25, size),
+                                "app": lambda: client.predict(**request, api_name="/text_to_image")},
+                               args.repeats, args.warmups)
+    finally:
+        demo.close()
+    overhead = t["app"].median - t["engine"].median
+    rows = [[f"{size}², 25 steps", common.ms(t["engine"].median), common.ms(t["app"].median),
+             f"{overhead * 1000:+.0f} ms ({overhead / t['engine'].median:+.1%})",
+             f"{t['engine'].spread} / {t['app'].spread}"]]
+    share = overhead / t["engine"].median
+    return common.markdown_table(["request", "direct task call", "gradio_client round trip", "app overhead",
+                                  "spread direct / app (s)"], rows) + \
+        f"\n\nTarget: app overhead ≤ 5% — {share:+.1%}, {'met' if share <= 0.05 else 'missed'}."
+
+
+def startup(args) -> str:
+    """`python app.py` until its page answers, then one text-to-image request; peak RSS of the app process."""
+    rows = []
+    for _ in range(args.startups):
+        port = free_port()
+        started = time.perf_counter()
+        app = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=common.ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ready = _wait_ready(f"http://127.0.0.1:{port}/", app, started)
+            rss_ready = common.peak_rss_mb(app.pid)
+            first = _first_request(f"http://127.0.0.1:{port}/")
+            rows.append((ready, rss_ready, common.peak_rss_mb(app.pid), first))
+        finally:
+            app.terminate()
+            app.wait(timeout=30)
+    ready, rss_ready, rss_after, first = (sorted(column)[len(column) // 2] for column in zip(*rows))
+    return common.markdown_table(
+        ["start to ready (median of %d)" % len(rows), "all starts (s)", "first request after ready",
+         "app peak RSS at ready", "after one text-to-image"],
+        [[f"{ready:.1f} s", ", ".join(f"{r[0]:.1f}" for r in rows), common.ms(first), f"{rss_ready:.0f} MiB",
+          f"{rss_after:.0f} MiB"]])
+
+
+def _wait_ready(url: str, app: subprocess.Popen, started: float, limit: float = 180) -> float:
+    while time.perf_counter() - started < limit:
+        if app.poll() is not None:
+            raise RuntimeError(f"app.py exited with code {app.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"app.py was not ready after {limit:.0f} s")
+
+
+def _first_request(url: str) -> float:
+    from gradio_client import Client
+
+    started = time.perf_counter()
+    Client(url, verbose=False).predict(prompt=PROMPT, seed=SEED, api_name="/text_to_image")
+    return time.perf_counter() - started
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    import torch
+
+    from diffdemo.engine import load_models
+
+    info = common.machine({"benchmark": "python bench/cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])})
+    started = time.perf_counter()
+    models = load_models(device="cpu")
+    load_seconds = time.perf_counter() - started
+    parts = [f"## CPU: the embedded model ({models.native_size}² native, {str(models.dtype).replace('torch.', '')})",
+             common.machine_lines(info)]
+    if args.note:
+        parts.append(f"\n> {args.note}")
+    parts.append(f"\nModel set loaded in {load_seconds:.1f} s. Threads: {torch.get_num_threads()}, OMP_WAIT_POLICY="
+                 f"{os.environ.get('OMP_WAIT_POLICY')}. Guidance {GUIDANCE}, DDIM, seed {SEED}, "
+                 f"{args.repeats} measured runs after {args.warmups} warm-up per variant.")
+    for name, title, make in SECTIONS:
+        if name in args.skip:
+            continue
+        print(f"[bench] {name} …", file=sys.stderr, flush=True)
+        table = make(models, args)
+        parts += [f"\n### {title}\n", table]
+    parts.append(f"\nPeak RSS of the benchmark process: {common.peak_rss_mb():.0f} MiB "
+                 f"(engine, diffusers pipeline and app in one process).")
+    text = "\n".join(parts)
+    print(text)
+    if not args.no_write:
+        print(f"[bench] wrote {common.update_section('cpu', text)}", file=sys.stderr)
+
+
+SECTIONS = [
+    ("profile", "Where the time goes: one 25-step image at the native size", profile),
+    ("latency", "Text to image, latency: our engine vs bare diffusers on the same modules", latency),
+    ("quality", "Step caching (fast mode): picture change vs the full U-Net, 25 steps, same seeds", quality),
+    ("app", "App overhead: the whole web app vs a direct engine call", app_overhead),
+    ("startup", "`python app.py`: start to ready, memory", lambda models, args: startup(args)),
+]
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,342 @@
+"""Opt-in speed-ups for a loaded model set: memory layout, fused attention projections, torch.compile (CUDA graphs
+when shapes are fixed), VAE tiling/slicing, DeepCache-style step caching and throttled previews.
+
+Every option is off by default, and a model set with every option off is returned untouched, so results stay
+bit-identical. Module settings are applied in place on the shared modules (one copy in memory); step caching wraps
+the U-Net. The denoise loop is never copied: only the modules and the model call behind ``predict`` change.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+
+log = logging.getLogger("diffdemo")
+
+COMPILE_MODES = ("off", "default", "max-autotune")
+# (compile, static_shapes) -> torch.compile mode: CUDA graphs only where every call has the same shapes
+_TORCH_MODES = {("default", False): "default", ("default", True): "reduce-overhead",
+                ("max-autotune", False): "max-autotune-no-cudagraphs", ("max-autotune", True): "max-autotune"}
+PRESETS = {"off": {}, "exact": {"channels_last": True, "fuse_qkv": True, "vae_tiling": True}}
+PRESETS["compiled"] = {**PRESETS["exact"], "compile": "default"}
+PRESETS["static"] = {**PRESETS["exact"], "compile": "max-autotune", "static_shapes": True}
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """What to speed up; the defaults change nothing.
+
+    channels_last  NHWC layout for U-Net and VAE convolutions (faster GPU kernels; float rounding may differ)
+    fuse_qkv       one matmul for q, k, v in self-attention (k, v in cross-attention), U-Net and VAE
+    compile        "off", "default" or "max-autotune": torch.compile of the U-Net (off on ZeroGPU Spaces)
+    static_shapes  with compile: one graph per (batch, size), replayed as a CUDA graph; a new size costs a new
+                   compile, so use it only when sizes are fixed (a benchmark, a server with one size); on CUDA
+                   also cuDNN's per-shape algorithm search (torch.backends.cudnn.benchmark, process-wide)
+    vae_tiling     decode/encode images larger than the VAE's sample size in overlapping tiles (bounded memory)
+    vae_slicing    VAE calls on a batch work one image at a time
+    step_cache     N >= 2: the deep part of the U-Net runs only every N-th step of a run and the shallow part
+                   reuses its features in between (DeepCache, Ma et al. 2024); changes the picture a little
+    """
+
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile: str = "off"
+    static_shapes: bool = False
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    step_cache: int = 0
+
+    def __post_init__(self):
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"Unknown compile mode '{self.compile}'; use one of: {', '.join(COMPILE_MODES)}.")
+        if not isinstance(self.step_cache, int) or self.step_cache < 0:
+            raise ValueError(f"step_cache must be 0 (off) or a whole number of steps >= 2; got {self.step_cache}.")
+
+    @property
+    def is_off(self) -> bool:
+        return self == FastPath()
+
+    def describe(self) -> dict:
+        """The options that are on, for metadata (empty when all are off)."""
+        return {k: v for k, v in asdict(self).items() if v != getattr(FastPath(), k)}
+
+    @classmethod
+    def parse(cls, spec: str | None) -> "FastPath":
+        """``"exact,step_cache=2"``: presets (off, exact, compiled, static) and ``name[=value]`` items, in order."""
+        values: dict = {}
+        types = {f.name: f.type for f in fields(cls)}
+        for item in filter(None, (part.strip() for part in (spec or "").split(","))):
+            name, _, value = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if name in PRESETS and not value:
+                values.update(PRESETS[name])
+            elif name not in types:
+                raise ValueError(f"Unknown fast-path option '{name}'; use presets {', '.join(PRESETS)} or "
+                                 f"{', '.join(types)}.")
+            elif types[name] == "bool":
+                values[name] = value.strip().lower() not in ("0", "false", "no", "off") if value else True
+            elif types[name] == "int":
+                if value and not value.strip().isdigit():
+                    raise ValueError(f"Fast-path option '{name}' takes a whole number; got '{value.strip()}'.")
+                values[name] = int(value) if value else 2
+            else:
+                values[name] = value.strip()
+        return cls(**values)
+
+
+def on_zero_gpu() -> bool:
+    """True inside a Hugging Face ZeroGPU Space, whose GPU is attached per call: compiling there costs every call."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() not in ("", "0", "false")
+
+
+def compile_settings(options: FastPath) -> dict | None:
+    """``torch.compile`` keyword arguments for ``options``, or None when compiling is off (or on ZeroGPU)."""
+    if options.compile == "off":
+        return None
+    if on_zero_gpu():
+        log.warning("torch.compile is off on ZeroGPU: the GPU is attached per call, so every call would recompile.")
+        return None
+    return {"mode": _TORCH_MODES[options.compile, options.static_shapes],
+            "dynamic": False if options.static_shapes else None}
+
+
+def apply_fast_path(models, options: FastPath):
+    """Applies ``options`` to a :class:`~diffdemo.engine.loading.ModelSet` and returns the set to use.
+
+    Layout, fused projections, compile and VAE tiling/slicing change the shared modules in place (call once per
+    model set); ``step_cache`` returns a copy of the set whose ``unet`` is a :class:`StepCachedUNet`. The options
+    applied are kept in ``extras["fast_path"]``. All options off: ``models`` itself, untouched.
+    """
+    if options.is_off:
+        return models
+    unet, vae = models.unet, models.vae
+    if options.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if options.fuse_qkv:
+        for module in (unet, vae):
+            fuse_qkv(module)
+    if options.vae_tiling:
+        vae.enable_tiling()
+    if options.vae_slicing:
+        vae.enable_slicing()
+    settings = compile_settings(options)
+    if options.static_shapes and models.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: time cuDNN's convolution algorithms once, keep the best
+    if options.step_cache >= 2:
+        unet = StepCachedUNet(unet, options.step_cache, settings)
+    elif settings is not None:
+        configure_inductor()
+        unet.compile(**settings)
+    return replace(models, unet=unet, extras={**models.extras, "fast_path": options})
+
+
+def fuse_qkv(module) -> bool:
+    """diffusers' ``fuse_qkv_projections`` on ``module`` unless already fused; False if it has no such API.
+
+    diffusers keeps the separate q/k/v layers beside the fused one; they are pointed at row slices of the fused
+    matrix, so fusing costs no memory (≈110 MB of fp16 weights on the SD1.5 U-Net) and unfusing still works.
+    """
+    from diffusers.models.attention_processor import Attention
+
+    if not hasattr(module, "fuse_qkv_projections"):
+        return False
+    attention = [m for m in module.modules() if isinstance(m, Attention)]
+    if not any(getattr(m, "fused_projections", False) for m in attention):
+        module.fuse_qkv_projections()
+        for m in attention:
+            if hasattr(m, "to_qkv"):  # self-attention: q, k, v fused
+                _share_rows(m.to_qkv, (m.to_q, m.to_k, m.to_v))
+            else:  # cross-attention: k, v fused
+                _share_rows(m.to_kv, (m.to_k, m.to_v))
+    return True
+
+
+def _share_rows(fused: torch.nn.Linear, parts) -> None:
+    start = 0
+    for part in parts:
+        rows = slice(start, start + part.out_features)
+        part.weight = torch.nn.Parameter(fused.weight.data[rows], requires_grad=False)
+        if part.bias is not None:
+            part.bias = torch.nn.Parameter(fused.bias.data[rows], requires_grad=False)
+        start = rows.stop
+
+
+def configure_inductor() -> None:
+    """1×1 convolutions as matmuls: the U-Net's projections then reach the tuned GEMM kernels (diffusers' advice)."""
+    import torch._inductor.config as inductor
+
+    inductor.conv_1x1_as_mm = True
+
+
+# ---- DeepCache-style step caching -----------------------------------------------------------------------------
+
+class StepCachedUNet:
+    """A UNet2DConditionModel whose deep part runs only every ``interval``-th step of a run (DeepCache).
+
+    Adjacent steps change the U-Net's low-resolution features little, so the input of the last (outermost) up block
+    is cached on a full step and reused by the next ``interval − 1`` steps, which run only ``conv_in``, the first
+    down block, the last up block and the output layers. ``guided`` asks :meth:`new_run` for a per-run model, so
+    no run ever sees another's features; calling this object directly always runs the whole U-Net. Other
+    attributes (``config``, ``dtype``, ``device`` …) are the wrapped U-Net's.
+    """
+
+    def __init__(self, unet, interval: int, compile_kwargs: dict | None = None):
+        check_step_cache_support(unet)
+        self.base, self.interval = unet, interval
+        self.full, self.partial = self._full, self._partial
+        if compile_kwargs is not None:
+            configure_inductor()
+            self.full, self.partial = (torch.compile(f, **compile_kwargs) for f in (self._full, self._partial))
+
+    def __getattr__(self, name):
+        if name == "base":  # not set yet (during construction): no recursion
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, class_labels=None, return_dict=True):
+        return _output(self.full(sample, timestep, encoder_hidden_states, class_labels)[0], return_dict)
+
+    def new_run(self) -> "CachedRun":
+        return CachedRun(self)
+
+    def _embed(self, sample, timestep, encoder_hidden_states, class_labels):
+        """Mirrors the start of ``UNet2DConditionModel.forward``: time (+ class) embedding ``B×E``, conv_in."""
+        unet = self.base
+        if unet.config.center_input_sample:
+            sample = 2 * sample - 1.0
+        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+        class_emb = unet.get_class_embed(sample=sample, class_labels=class_labels)
+        if class_emb is not None:
+            emb = torch.cat([emb, class_emb], dim=-1) if unet.config.class_embeddings_concat else emb + class_emb
+        if unet.time_embed_act is not None:
+            emb = unet.time_embed_act(emb)
+        return unet.conv_in(sample), emb
+
+    def _full(self, sample, timestep, encoder_hidden_states, class_labels=None):
+        """The whole U-Net, block by block as diffusers runs it; returns (output, input of the last up block)."""
+        unet = self.base
+        hidden, emb = self._embed(sample, timestep, encoder_hidden_states, class_labels)
+        skips = (hidden,)
+        for block in unet.down_blocks:
+            hidden, res = _run_block(block, encoder_hidden_states, hidden_states=hidden, temb=emb)
+            skips += res
+        if unet.mid_block is not None:
+            if getattr(unet.mid_block, "has_cross_attention", False):
+                hidden = unet.mid_block(hidden, emb, encoder_hidden_states=encoder_hidden_states)
+            else:
+                hidden = unet.mid_block(hidden, emb)
+        # like diffusers: pass the skip's size to the upsamplers when the latent is not a multiple of 2**levels
+        forward_size = any(side % 2 ** unet.num_upsamplers for side in sample.shape[-2:])
+        upsample_size = None
+        for block in unet.up_blocks[:-1]:
+            res, skips = skips[-len(block.resnets):], skips[:-len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if forward_size else upsample_size
+            hidden = _run_block(block, encoder_hidden_states, hidden_states=hidden, temb=emb,
+                                res_hidden_states_tuple=res, upsample_size=upsample_size)
+        return self._last(hidden, skips, emb, encoder_hidden_states), hidden
+
+    def _partial(self, sample, timestep, encoder_hidden_states, class_labels, feature):
+        """Only the outermost level: conv_in, the first down block, then the last up block on ``feature``."""
+        hidden, emb = self._embed(sample, timestep, encoder_hidden_states, class_labels)
+        _, res = _run_block(self.base.down_blocks[0], encoder_hidden_states, hidden_states=hidden, temb=emb)
+        skips = ((hidden,) + res)[:len(self.base.up_blocks[-1].resnets)]  # the first down block's downsample is unused
+        return self._last(feature, skips, emb, encoder_hidden_states)
+
+    def _last(self, hidden, skips, emb, encoder_hidden_states):
+        unet = self.base
+        hidden = _run_block(unet.up_blocks[-1], encoder_hidden_states, hidden_states=hidden, temb=emb,
+                            res_hidden_states_tuple=skips, upsample_size=None)
+        if unet.conv_norm_out is not None:
+            hidden = unet.conv_act(unet.conv_norm_out(hidden))
+        return unet.conv_out(hidden)
+
+
+class CachedRun:
+    """The model of one run: call ``k`` (0-based) runs the whole U-Net when ``k % interval == 0`` (or when the input
+    shape changed), else only the outermost level on the features cached by the last full call."""
+
+    def __init__(self, owner: StepCachedUNet):
+        self.owner, self.calls, self.full_calls = owner, 0, 0
+        self.feature, self.key = None, None
+
+    def __call__(self, sample, timestep, encoder_hidden_states, class_labels=None, return_dict=True):
+        key = (tuple(sample.shape), sample.dtype, sample.device)
+        if self.feature is not None and key == self.key and self.calls % self.owner.interval:
+            out = self.owner.partial(sample, timestep, encoder_hidden_states, class_labels, self.feature)
+        else:
+            out, feature = self.owner.full(sample, timestep, encoder_hidden_states, class_labels)
+            self.feature, self.key = feature.clone(), key  # a copy: CUDA-graph outputs are reused by the next replay
+            self.full_calls += 1
+        self.calls += 1
+        return _output(out, return_dict)
+
+
+def _run_block(block, encoder_hidden_states, **kwargs):
+    if getattr(block, "has_cross_attention", False):
+        kwargs["encoder_hidden_states"] = encoder_hidden_states
+    return block(**kwargs)
+
+
+def _output(sample, return_dict: bool):
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+    return UNet2DConditionOutput(sample=sample) if return_dict else (sample,)
+
+
+def check_step_cache_support(unet) -> None:
+    """Step caching covers the Stable Diffusion 1/2 U-Net layout; raises ValueError naming what is not covered."""
+    from diffusers import UNet2DConditionModel
+
+    if not isinstance(unet, UNet2DConditionModel):
+        raise ValueError(f"Step caching supports diffusers' UNet2DConditionModel; got {type(unet).__name__}.")
+    extra = [name for name in ("addition_embed_type", "time_cond_proj_dim", "encoder_hid_dim_type")
+             if getattr(unet.config, name, None) is not None]
+    if extra:
+        raise ValueError(f"Step caching supports Stable-Diffusion-layout U-Nets without extra conditioning; this "
+                         f"one has {', '.join(extra)}.")
+    if len(unet.down_blocks[0].resnets) + 1 != len(unet.up_blocks[-1].resnets):
+        raise ValueError("Step caching needs the last up block to take the first down block's skips; this U-Net "
+                         "is laid out differently.")
+
+
+# ---- warm-up and previews -------------------------------------------------------------------------------------
+
+def warm_up(models, height: int, width: int, batch: int = 1, guidance_scale: float = 5.0, steps: int = 3) -> float:
+    """Runs ``steps`` denoise steps plus a VAE decode at one shape so compilation and CUDA-graph capture happen
+    now, not in the first request; returns the seconds it took (the warm-up cost). Zero conditioning is used."""
+    from diffdemo.engine.images import decode_latents
+    from diffdemo.engine.sampling import DEFAULT_SAMPLER, denoise_loop, guided, make_scheduler
+
+    started = time.perf_counter()
+    scheduler = make_scheduler(DEFAULT_SAMPLER, models.scheduler.config)
+    # step caching compiles two graphs: enough steps for a full call and a cached one
+    scheduler.set_timesteps(max(steps, getattr(models.unet, "interval", 0) + 1), device=models.device)
+    length, dim = models.tokenizer.model_max_length, models.unet.config.cross_attention_dim
+    cond = torch.zeros(batch, length, dim, device=models.device, dtype=models.dtype)
+    scale = models.vae_scale
+    latents = torch.randn(batch, models.unet.config.in_channels, height // scale, width // scale,
+                          generator=torch.Generator("cpu").manual_seed(0)).to(models.device, models.dtype)
+    with torch.inference_mode():
+        latents = denoise_loop(scheduler, guided(models.unet, cond, cond, guidance_scale), latents)
+        decode_latents(models.vae, latents)
+    if models.device.type == "cuda":
+        torch.cuda.synchronize(models.device)
+    return time.perf_counter() - started
+
+
+def throttled(callback, seconds: float = 0.25):
+    """A step callback forwarding to ``callback`` at most once per ``seconds`` (and always the last step), so a live
+    preview (e.g. the trajectory tab's fast linear decode) costs one device sync per interval, not per step."""
+    last = [float("-inf")]
+
+    def forward(step) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= seconds or step.index == step.total - 1:
+            last[0] = now
+            callback(step)
+
+    return forward
