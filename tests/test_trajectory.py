@@ -139,7 +139,8 @@ def test_live_app_prompt_only(live_app):
         assert image.n_frames == 25
     with Image.open(sheet) as image:
         assert image.format == "PNG"
-    assert sorted(str(f).rsplit(".", 1)[-1] for f in files) == ["gif", "gif", "json", "png", "safetensors"]
+    assert sorted(str(f).rsplit(".", 1)[-1] for f in files) == ["gif", "gif", "json", "mp4", "mp4", "png",
+                                                                 "safetensors"]
 
 
 def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
@@ -148,10 +149,11 @@ def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
 
     runner, store = Runner(tiny_models, tmp_path), RunStore(size=2)
     handler = _trajectory_handler(runner, store)
-    updates = list(handler(PROMPT, steps=4, every=2, seed=3, decode="fast"))
-    assert [u[6] for u in updates[:-1]] == ["step 1/4", "step 3/4"]
+    updates = list(handler(PROMPT, steps=4, every=2, seed=3, decode="fast", preview_every=3))
+    assert [u[6] for u in updates[:-2]] == ["step 1/4", "step 4/4"]
+    assert updates[-2][6].startswith("done") and updates[-2][7] == updates[-1][7]  # scrubbable before downloads
     gallery, gif, sheet, metadata, files, image, status, run_id = updates[-1]
-    assert len(gallery) == 2 and status == "done: 2 frames" and len(files) == 5
+    assert len(gallery) == 2 and status == "done: 2 frames" and len(files) == 7
     *views, line = _scrub_handler(store)(run_id, 1)
     assert all(v.size == (64, 64) for v in views) and "step 3/4" in line
     for _ in range(2):  # older runs are dropped: at most `size` are held

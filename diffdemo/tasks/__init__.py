@@ -1,6 +1,8 @@
 """One plain function per capability; typed request in, images + metadata out. No gradio here."""
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, Cancelled, Step
+from diffdemo.tasks.branch import BranchRequest, branch
 from diffdemo.tasks.common import InvalidRequest, TaskResult, save_png
+from diffdemo.tasks.compare import CompareRequest, compare
 from diffdemo.tasks.denoise import (DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, example_images,
                                     noise_sweep)
 from diffdemo.tasks.inpaint import InpaintRequest, inpaint
@@ -13,3 +15,4 @@ __all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "Cancelled", "InpaintRequest", "Invali
 __all__ += ["DENOISE_SAMPLERS", "DenoiseRequest", "NoiseSweepRequest", "denoise", "example_images", "noise_sweep"]
 __all__ += ["SuperResolutionRequest", "super_resolve"]
 __all__ += ["TrajectoryRequest", "load_run", "trajectory"]
+__all__ += ["BranchRequest", "CompareRequest", "branch", "compare"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -52,24 +53,36 @@ def snr_of(alpha_bar: float) -> float:
 
 
 class TrajectoryRecorder:
-    """A step callback keeping, for each kept step, x_t (the step's input) and x̂_0 on the CPU in float16, plus
-    t, σ, ᾱ, SNR and the guidance scale. ``initial`` is the loop's starting sample (x_t of step 0)."""
+    """A step callback keeping, for each kept step, x_t (the step's input) and x̂_0 in float16, plus t, σ, ᾱ, SNR
+    and the guidance scale. ``initial`` is the loop's starting sample (x_t of step 0). Kept tensors stay on the
+    model's device during the run (a copy to the CPU per step would sync a GPU every step); ``x_t``/``x0`` give
+    them on the CPU, moved in one copy."""
 
     def __init__(self, initial: torch.Tensor, *, every: int = 1, guidance_scale: float = 0.0,
                  euler_type: bool = False):
         self.every, self.guidance_scale, self.euler_type = every, guidance_scale, euler_type
-        self.x_t: list[torch.Tensor] = []
-        self.x0: list[torch.Tensor] = []
+        self._x_t: list[torch.Tensor] = []
+        self._x0: list[torch.Tensor] = []
         self.numbers: list[dict] = []
         self._previous = initial  # a reference only; copied when its step is kept
+
+    @property
+    def x_t(self) -> list[torch.Tensor]:
+        """Kept x_t, ``1×C×h×w`` float16 each, on the CPU."""
+        return list(torch.cat(self._x_t).cpu().split(1)) if self._x_t else []
+
+    @property
+    def x0(self) -> list[torch.Tensor]:
+        """Kept x̂_0, ``1×C×h×w`` float16 each, on the CPU."""
+        return list(torch.cat(self._x0).cpu().split(1)) if self._x0 else []
 
     def keeps(self, step: Step) -> bool:
         return step.index % self.every == 0
 
     def __call__(self, step: Step) -> None:
         if self.keeps(step):
-            self.x_t.append(self._previous[:1].detach().to("cpu", torch.float16))
-            self.x0.append(step.x0_pred[:1].detach().to("cpu", torch.float16))
+            self._x_t.append(self._previous[:1].detach().to(torch.float16, copy=True))
+            self._x0.append(step.x0_pred[:1].detach().to(torch.float16, copy=True))
             self.numbers.append({"step": step.index, "total": step.total, "t": step.timestep, "sigma": step.sigma,
                                  "alpha_bar": step.alpha_bar, "snr": snr_of(step.alpha_bar),
                                  "guidance_scale": self.guidance_scale})
@@ -107,6 +120,24 @@ class TrajectoryRun:
         return len(self.numbers)
 
 
+class LazyFrames(Sequence):
+    """The kept frames of one view as a sequence of PIL images, each decoded by :func:`frame` (and cached) only
+    when it is read: a run costs no decode until a frame is scrubbed to or exported."""
+
+    def __init__(self, run: TrajectoryRun, view: str = "x0"):
+        self.run, self.view = run, view
+
+    def __len__(self) -> int:
+        return len(self.run)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(len(self))[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"frame {index} of {len(self)}")
+        return frame(self.run, index % len(self), self.view)
+
+
 def validate(request: TrajectoryRequest, models) -> TrajectoryRequest:
     """Fills defaults and checks every field; raises :class:`InvalidRequest`."""
     if request.decode not in DECODE_MODES:
@@ -134,7 +165,8 @@ def starting_noise(models, request: TrajectoryRequest) -> torch.Tensor:
 def trajectory(models, request: TrajectoryRequest, callback: StepCallback | None = None) -> TaskResult:
     """Runs text_to_image with a :class:`TrajectoryRecorder` chained to ``callback``; renders every kept x̂_0.
 
-    ``images``: the kept x̂_0 frames (PIL, native size); ``extras["run"]``: the :class:`TrajectoryRun`;
+    ``images``: the kept x̂_0 frames (PIL, native size) as :class:`LazyFrames`, decoded when read, so recording
+    costs no decode beyond text_to_image's own; ``extras["run"]``: the :class:`TrajectoryRun`;
     ``metadata``: text_to_image's record plus decode, every and ``numbers`` (JSON-safe: inf as "inf").
     """
     request = validate(request, models)
@@ -147,8 +179,7 @@ def trajectory(models, request: TrajectoryRequest, callback: StepCallback | None
                         numbers=recorder.numbers, metadata=metadata,
                         latent_rgb=latent_rgb_matrix(models, recorder.final, result.images[0]),
                         image=result.images[0])
-    frames = [frame(run, i, "x0") for i in range(len(run))]
-    return TaskResult(images=frames, metadata={**metadata, "numbers": json_numbers(run.numbers)},
+    return TaskResult(images=LazyFrames(run, "x0"), metadata={**metadata, "numbers": json_numbers(run.numbers)},
                       extras={"run": run})
 
 
@@ -213,8 +244,12 @@ def decode(run: TrajectoryRun, latents: torch.Tensor):
         return tensor_to_pil(decode_latents(models.vae, latents.to(models.device, models.dtype)))[0]
 
 
-def preview(models, step: Step):
-    """A cheap image of this step's x̂_0 (fast linear decode), for live previews."""
+def preview(models, step: Step, mode: str = "fast"):
+    """An image of this step's x̂_0 for live previews: "fast" (the linear map, about free) or "vae" (exact, one
+    VAE decode per preview)."""
+    if mode == "vae":
+        with torch.inference_mode():
+            return tensor_to_pil(decode_latents(models.vae, step.x0_pred[:1]))[0]
     return tensor_to_pil(fast_decode(step.x0_pred[:1], latent_rgb_matrix(models), models.vae_scale))[0]
 
 
@@ -263,13 +298,17 @@ def _labelled(image, text: str, height: int = 12):
     return out
 
 
+def labelled_frames(run: TrajectoryRun, view: str = "x0") -> list[np.ndarray]:
+    """One ``H+12×W×3`` uint8 array per kept step of ``view``, labelled with its step (for GIF and MP4)."""
+    return [np.asarray(_labelled(frame(run, i, view), f"{n['step'] + 1}/{n['total']}"))
+            for i, n in enumerate(run.numbers)]
+
+
 def export_gif(run: TrajectoryRun, path, view: str = "x0", ms_per_frame: int = 120) -> str:
     """An animated GIF of ``view`` with one frame per kept step, each labelled with its step."""
     import imageio.v3 as iio
 
-    frames = [np.asarray(_labelled(frame(run, i, view), f"{n['step'] + 1}/{n['total']}"))
-              for i, n in enumerate(run.numbers)]
-    iio.imwrite(path, np.stack(frames), extension=".gif", duration=ms_per_frame, loop=0)
+    iio.imwrite(path, np.stack(labelled_frames(run, view)), extension=".gif", duration=ms_per_frame, loop=0)
     return str(path)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from diffdemo.ui.branch_section import build_branch_section
+from diffdemo.ui.compare_tab import build_compare_tab
 from diffdemo.ui.denoise_tab import build_denoise_tab
 from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpainting
 from diffdemo.ui.runner import Runner
@@ -38,7 +40,10 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
             with gr.Tab("Super-resolution", id="super_resolution"):
                 build_super_resolution_tab(runner, GPU_GROUP)
             with gr.Tab("Trajectory", id="trajectory"):
-                build_trajectory_tab(runner, GPU_GROUP)
+                trajectory = build_trajectory_tab(runner, GPU_GROUP)
+                build_branch_section(runner, GPU_GROUP, trajectory)
+            with gr.Tab("Compare", id="compare"):
+                build_compare_tab(runner, GPU_GROUP)
         connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
     demo.runner = runner
     return demo

@@ -1,7 +1,6 @@
 """The trajectory tab: watch one text-to-image run step by step, then scrub through x_t, x̂₀ and ε̂ and download."""
 from __future__ import annotations
 
-import queue
 import threading
 import uuid
 from collections import OrderedDict
@@ -9,11 +8,16 @@ from collections import OrderedDict
 import gradio as gr
 
 from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS
-from diffdemo.tasks.trajectory import (DECODE_MODES, TrajectoryRequest, contact_sheet, describe_step, export_gif,
-                                       frame, preview, save_run, trajectory)
+from diffdemo.tasks.trajectory import DECODE_MODES, TrajectoryRequest, describe_step, frame, preview, trajectory
+from diffdemo.tasks.trajectory_export import export_run
+from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
 
 KEEP_RUNS = 4  # runs held in memory per runner (all sessions together); older ones are dropped
+PREVIEW_MODES = ("fast", "vae", "off")
+DOWNLOADS_NOTE = ("Frames are decoded only when you look at them: the run itself costs about what a plain "
+                  "generation does. The downloads are made right after it and decode every kept x̂₀ and x_t frame "
+                  "once (the slowest part on a CPU); you can scrub meanwhile.")
 EXPLANATION = """- **x_t** is the noisy sample the model sees at step t: mostly noise early on, nearly the image at the
   end.
 - **x̂₀** is the model's guess, at that step, of the finished image: the denoiser's current belief.
@@ -44,7 +48,8 @@ class RunStore:
 
 
 def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
-    """Builds the tab (``/trajectory`` API); returns its run-id state."""
+    """Builds the tab (``/trajectory`` API); returns its run-id state, step slider and run store (the branch
+    section continues the run shown)."""
     store = RunStore()
     with gr.Row():
         with gr.Column(scale=1):
@@ -60,80 +65,64 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
                                   info="vae: exact; fast: a fitted linear latent→RGB map, ×8 upsampled")
                 every = gr.Slider(1, 25, value=1, step=1, label="Keep every N-th step")
             with gr.Row():
+                live_mode = gr.Radio(list(PREVIEW_MODES), value="fast", label="Live preview",
+                                     info="fast: the linear map, about free; vae: exact, one decode per preview")
+                preview_every = gr.Slider(1, 25, value=1, step=1, label="Preview every N-th step")
+            with gr.Row():
                 run_button = gr.Button("Run", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
-                live = gr.Image(label="Live x̂₀ (fast preview)", type="pil", interactive=False)
+                live = gr.Image(label="Live x̂₀ (preview)", type="pil", interactive=False)
                 status = gr.Textbox(label="Progress", interactive=False)
             slider = gr.Slider(0, 1, value=0, step=1, label="Step (kept steps)", visible=False)
             with gr.Row():
                 views = [gr.Image(label=label, type="pil", format="png", interactive=False)
                          for label in ("x_t (sample at t)", "x̂₀ (predicted clean)", "ε̂ (predicted noise)")]
             numbers = gr.Markdown()
-            files = gr.File(label="Downloads: GIFs, contact sheet, raw run (.safetensors + .json)",
-                            file_count="multiple")
+            files = gr.File(label="Downloads: GIFs and MP4s of x̂₀ and x_t, contact sheet, raw run "
+                                  "(.safetensors + .json)", file_count="multiple")
+            gr.Markdown(DOWNLOADS_NOTE)
             with gr.Accordion("x̂₀ frames and per-step numbers", open=False):
                 gallery = gr.Gallery(label="x̂₀ per kept step", format="png", columns=8, height="auto")
                 gif = gr.File(label="x̂₀ GIF", visible=False)
                 sheet = gr.File(label="Contact sheet", visible=False)
                 metadata = gr.JSON(label="Metadata")
     run_id = gr.State(None)
-    inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, seed, decode, every]
+    inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, seed, decode, every, live_mode, preview_every]
     event = run_button.click(_trajectory_handler(runner, store), inputs,
                              [gallery, gif, sheet, metadata, files, live, status, run_id],
                              api_name="trajectory", concurrency_id=gpu_group)
-    event.success(_show_handler(store), run_id, [slider, *views, numbers], api_visibility="private", queue=False)
+    # the handler sets run_id as soon as the run ends (before the downloads), so scrubbing starts at once
+    run_id.change(_show_handler(store), run_id, [slider, *views, numbers], api_visibility="private", queue=False)
     slider.change(_scrub_handler(store), [run_id, slider], [*views, numbers], api_visibility="private", queue=False)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
-    return {"run_id": run_id}
+    return {"run_id": run_id, "slider": slider, "store": store}
 
 
 def _trajectory_handler(runner: Runner, store: RunStore):
     def trajectory_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
                          guidance_scale: float = 5.0, seed: int = -1, decode: str = "vae", every: int = 1,
-                         request: gr.Request = None):
+                         live_preview: str = "fast", preview_every: int = 1, request: gr.Request = None):
         task_request = TrajectoryRequest(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler,
                                          steps=steps, guidance_scale=guidance_scale, seed=seed, decode=decode,
                                          every=every)
-        updates: queue.Queue = queue.Queue()
+        cadence = max(1, int(preview_every or 1))
 
-        def with_previews(models, req, callback):
-            def send_preview(step) -> None:
-                if step.index % req.every == 0:
-                    updates.put(("step", step.index, step.total, preview(models, step)))
+        def on_step(step):
+            if live_preview == "off" or step.index % cadence:
+                return None
+            image = preview(runner.models, step, "vae" if live_preview == "vae" else "fast")
+            return (*[gr.skip()] * 5, image, f"step {step.index + 1}/{step.total}", gr.skip())
 
-            def chained(step) -> None:
-                callback(step)  # the runner's: raises Cancelled after Stop
-                send_preview(step)
-
-            return trajectory(models, req, chained)
-
-        def work() -> None:
-            try:
-                updates.put(("done", runner.run(with_previews, task_request, request, None)))
-            except BaseException as error:  # gr.Error from the runner, re-raised in the handler
-                updates.put(("error", error))
-
-        threading.Thread(target=work, name="trajectory", daemon=True).start()
-        try:
-            while True:
-                kind, *payload = updates.get()
-                if kind == "error":
-                    raise payload[0]
-                if kind == "done":
-                    break
-                index, total, image = payload
-                yield (*[gr.skip()] * 5, image, f"step {index + 1}/{total}", gr.skip())
-        except GeneratorExit:  # the client went away or Stop cancelled the event: stop the loop too
-            runner.stop(request)
-            raise
-        result = payload[0]
+        result = yield from stream_task(runner, trajectory, task_request, request, on_step)
         run = result.extras["run"]
+        run_id = store.add(run)
+        yield (*[gr.skip()] * 3, result.metadata, gr.skip(), run.image,
+               f"done: {len(run)} frames; making the downloads", run_id)
         gallery, gif, sheet, files = _export(runner, result)
-        yield (gallery, gif, sheet, result.metadata, files, result.images[-1], f"done: {len(run)} frames",
-               store.add(run))
+        yield gallery, gif, sheet, result.metadata, files, run.image, f"done: {len(run)} frames", run_id
 
     trajectory_event.__name__ = "trajectory"
     return trajectory_event
@@ -142,15 +131,13 @@ def _trajectory_handler(runner: Runner, store: RunStore):
 def _export(runner: Runner, result) -> tuple:
     """Gallery (path, caption) pairs, the x̂₀ GIF, the contact sheet and the download list of a finished run."""
     run = result.extras["run"]
-    paths = runner.save_images(result)
+    paths = runner.save_images(result)  # decodes every kept x̂₀ frame (cached on the run)
     folder = runner.output_dir / uuid.uuid4().hex
     folder.mkdir(parents=True)
-    gif = export_gif(run, folder / "trajectory-x0.gif", "x0")
-    gif_t = export_gif(run, folder / "trajectory-x_t.gif", "x_t")
-    sheet = contact_sheet(run, folder / "trajectory-sheet.png")
-    raw, raw_json = save_run(run, folder / "trajectory-run.safetensors")
+    exports = export_run(run, folder)
     gallery = [(p, f"step {n['step'] + 1}") for p, n in zip(paths, run.numbers)]
-    return gallery, gif, sheet, [gif, gif_t, sheet, raw, raw_json]
+    files = [exports[k] for k in ("gif_x0", "gif_x_t", "mp4_x0", "mp4_x_t", "sheet", "raw", "raw_json")]
+    return gallery, exports["gif_x0"], exports["sheet"], files
 
 
 def _show_handler(store: RunStore):
