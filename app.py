@@ -6,6 +6,14 @@ import os
 import sys
 
 
+def parse_auth(text: str) -> tuple[str, str]:
+    """``"user:password"`` -> ``("user", "password")``; the password may contain ':'."""
+    user, sep, password = (text or "").partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("expected user:password, e.g. --auth ada:correct-horse")
+    return user, password
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Serve the diffdemo web app. With no --model it uses the small model shipped in assets/, "
@@ -15,32 +23,61 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "diffusers folder; default: the embedded model (env DIFFDEMO_MODEL)")
     parser.add_argument("--upscaler", default=os.environ.get("DIFFDEMO_UPSCALER"),
                         help="an x4-upscaler hub id or folder, e.g. stabilityai/stable-diffusion-x4-upscaler")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--share", action="store_true", help="also create a public Gradio share link")
-    parser.add_argument("--auth", help="user:password required to open the app")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 on a Hugging Face Space; "
+                                       "env GRADIO_SERVER_NAME)")
+    parser.add_argument("--port", type=int, help="port (default 7860; env GRADIO_SERVER_PORT or PORT)")
+    parser.add_argument("--share", action="store_true",
+                        help="also create a public Gradio share link, behind --auth or a login made up and printed "
+                             "at start")
+    login = parser.add_mutually_exclusive_group()
+    login.add_argument("--auth", type=parse_auth, default=os.environ.get("DIFFDEMO_AUTH"), metavar="USER:PASS",
+                       help="a login required to open the app (env DIFFDEMO_AUTH)")
+    login.add_argument("--no-auth", action="store_true",
+                       help="with --share: no login at all; anyone who has the link can use the app")
+    parser.add_argument("--mcp", action="store_true",
+                        help="also serve the API endpoints as MCP tools at /gradio_api/mcp/ "
+                             "(needs pip install \"gradio[mcp]\")")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: what accelerate finds)")
     parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
                         help="default: float16 on CUDA, float32 elsewhere")
     return parser.parse_args(argv)
 
 
+def build_app(args: argparse.Namespace):
+    """Loads the models once and builds the app; returns ``(demo, launch plan)``. A model that cannot be loaded
+    ends the program with one line saying why."""
+    from diffdemo.ui.space import add_notice, gpu_decorator, licence_notice, model_device, wrap_model_events
+
+    gpu = gpu_decorator()  # first: on ZeroGPU, `spaces` must be imported before CUDA is initialised
+    from diffdemo.engine import ModelLoadError, load_models
+    from diffdemo.ui.app import GPU_GROUP, build_demo, configure_queue
+    from diffdemo.ui.launch import plan_launch
+
+    try:
+        models = load_models(args.model, upscaler=args.upscaler, device=model_device(args.device, gpu),
+                             dtype=args.dtype)
+    except ModelLoadError as error:
+        sys.exit(f"diffdemo: {error}")
+    print(f"diffdemo: {models.name} on {models.device} ({str(models.dtype).replace('torch.', '')})", flush=True)
+    demo = build_demo(models)
+    notice = licence_notice(models.name, embedded=args.model is None)
+    if notice:
+        add_notice(demo, notice)
+    demo = configure_queue(demo)
+    if gpu is not None:
+        wrap_model_events(demo, GPU_GROUP, gpu)
+    return demo, plan_launch(args)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no analytics calls: works offline
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about image processors we do not use
-    from diffdemo.engine import ModelLoadError, load_models
-    from diffdemo.ui.app import MAX_FILE_SIZE, build_demo, configure_queue
+    demo, plan = build_app(args)
+    from diffdemo.ui.app import MAX_FILE_SIZE
+    from diffdemo.ui.launch import launch
 
-    try:
-        models = load_models(args.model, upscaler=args.upscaler, device=args.device, dtype=args.dtype)
-    except ModelLoadError as error:
-        sys.exit(f"diffdemo: {error}")
-    auth = tuple(args.auth.split(":", 1)) if args.auth else None
-    print(f"diffdemo: {models.name} on {models.device} ({str(models.dtype).replace('torch.', '')})", flush=True)
-    demo = configure_queue(build_demo(models))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                max_file_size=MAX_FILE_SIZE, show_error=True)
+    launch(demo, plan, max_file_size=MAX_FILE_SIZE, show_error=True)
 
 
 if __name__ == "__main__":
