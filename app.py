@@ -40,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: what accelerate finds)")
     parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
                         help="default: float16 on CUDA, float32 elsewhere")
+    parser.add_argument("--fast", default=os.environ.get("DIFFDEMO_FAST"), metavar="SPEC",
+                        help="opt-in speed-ups, e.g. exact (channels-last, fused attention projections, tiled VAE), "
+                             "compiled, static, or exact,step_cache=2 (DeepCache-style, slightly different "
+                             "pictures); see docs/BENCHMARKS.md (env DIFFDEMO_FAST)")
     return parser.parse_args(argv)
 
 
@@ -53,12 +57,18 @@ def build_app(args: argparse.Namespace):
     from diffdemo.ui.app import GPU_GROUP, build_demo, configure_queue
     from diffdemo.ui.launch import plan_launch
 
+    from diffdemo.engine.fast import FastPath, warm_up
+
     try:
+        fast = FastPath.parse(args.fast) if args.fast else None
         models = load_models(args.model, upscaler=args.upscaler, device=model_device(args.device, gpu),
-                             dtype=args.dtype)
-    except ModelLoadError as error:
+                             dtype=args.dtype, fast=fast)
+    except (ModelLoadError, ValueError) as error:
         sys.exit(f"diffdemo: {error}")
     print(f"diffdemo: {models.name} on {models.device} ({str(models.dtype).replace('torch.', '')})", flush=True)
+    if fast is not None and fast.compile != "off":
+        seconds = warm_up(models, models.native_size, models.native_size)
+        print(f"diffdemo: compiled the U-Net in {seconds:.1f} s (--fast {args.fast})", flush=True)
     demo = build_demo(models)
     notice = licence_notice(models.name, embedded=args.model is None)
     if notice:
