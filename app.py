@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     from diffdemo.ui.app import MAX_FILE_SIZE
     from diffdemo.ui.launch import launch
 
-    launch(demo, plan, max_file_size=MAX_FILE_SIZE, show_error=True)
+    launch(demo, plan, max_file_size=MAX_FILE_SIZE)  # only our gr.Error messages reach the browser
 
 
 if __name__ == "__main__":

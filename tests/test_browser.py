@@ -11,6 +11,8 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import re  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -78,3 +80,128 @@ def test_generate_in_the_browser(app_url, browser, tmp_path):
     finally:
         page.close()
 
+
+
+# --- every other tab, used once ------------------------------------------------------------------------------
+
+FEW_STEPS = "4"
+
+
+@pytest.fixture
+def page(app_url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(app_url, timeout=TIMEOUT_MS)
+    page.get_by_label("Prompt", exact=True).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def open_tab(page, name: str):
+    """Selects the tab ``name`` and returns its (visible) panel."""
+    page.get_by_role("tab", name=name, exact=True).click()
+    panel = page.locator("[role=tabpanel]").filter(visible=True).last
+    panel.wait_for(state="visible", timeout=TIMEOUT_MS)
+    return panel
+
+
+def set_number(panel, label: str, value: str) -> None:
+    box = panel.get_by_label(f"number input for {label}", exact=True)
+    box.fill(value)
+    box.press("Enter")
+
+
+def wait_for_image(locator):
+    """Waits until ``locator`` (an <img>) shows a decoded picture; returns its natural width."""
+    locator.wait_for(state="visible", timeout=TIMEOUT_MS)
+    locator.page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=locator.element_handle(),
+                                   timeout=TIMEOUT_MS)
+    return locator.evaluate("img => img.naturalWidth")
+
+
+def assert_no_error(page) -> None:
+    toasts = page.locator(".toast-body, [data-testid='toast-body']")
+    assert toasts.count() == 0, toasts.first.inner_text()
+
+
+def test_inpaint_an_example_in_the_browser(page):
+    panel = open_tab(page, "Inpainting")
+    panel.locator("tbody tr").first.click()  # the red circle and its mask
+    set_number(panel, "Steps", FEW_STEPS)
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    assert wait_for_image(page.locator("#inpaint-result img")) == 128
+    assert wait_for_image(page.locator("#inpaint-changed img")) == 128
+    assert_no_error(page)
+
+
+def test_denoise_an_example_in_the_browser(page):
+    panel = open_tab(page, "Denoising")
+    panel.locator("tbody tr").first.click()
+    set_number(panel, "Steps from t to 0", FEW_STEPS)
+    panel.get_by_role("button", name="Denoise", exact=True).click()
+    sync_api.expect(panel.get_by_text("Denoised (diffusion)").last).to_be_visible(timeout=TIMEOUT_MS)
+    sync_api.expect(panel.locator("table").filter(has_text="PSNR")).to_be_visible(timeout=TIMEOUT_MS)
+    images = panel.locator("img").filter(visible=True)  # the input, then noisy, x̂₀, denoised and classical
+    images.nth(4).wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert all(wait_for_image(images.nth(i)) == 128 for i in range(5))
+    assert_no_error(page)
+
+
+def test_upscale_an_upload_in_the_browser(page, tmp_path):
+    from PIL import Image, ImageDraw
+
+    picture = Image.new("RGB", (32, 32), "blue")
+    ImageDraw.Draw(picture).ellipse([8, 8, 24, 24], fill="red")
+    picture.save(tmp_path / "small.png")
+    panel = open_tab(page, "Super-resolution")
+    panel.locator("input[type=file]").first.set_input_files(str(tmp_path / "small.png"))
+    set_number(panel, "Steps", FEW_STEPS)
+    panel.get_by_label("2", exact=True).check()
+    panel.get_by_role("button", name="Upscale", exact=True).click()
+    sync_api.expect(panel.get_by_text("32x32 → 64x64", exact=False)).to_be_visible(timeout=TIMEOUT_MS)
+    outputs = panel.locator("img").filter(visible=True)  # the upload, then diffusion, bicubic and Lanczos
+    outputs.nth(3).wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert [wait_for_image(outputs.nth(i)) for i in range(4)] == [32, 64, 64, 64]
+    assert_no_error(page)
+
+
+def test_trajectory_run_and_scrub_in_the_browser(page):
+    panel = open_tab(page, "Trajectory")
+    set_number(panel, "Steps", FEW_STEPS)
+    panel.get_by_role("button", name="Run", exact=True).click()
+    sync_api.expect(panel.get_by_label("Progress")).to_have_value(re.compile("^done"), timeout=TIMEOUT_MS)
+    sync_api.expect(panel.get_by_text(f"step {FEW_STEPS}/{FEW_STEPS}").first).to_be_visible(timeout=TIMEOUT_MS)
+    views = panel.locator("img").filter(visible=True)  # the live preview, then x_t, x̂₀ and ε̂ of the last step
+    views.nth(3).wait_for(state="visible", timeout=TIMEOUT_MS)
+    assert all(wait_for_image(views.nth(i)) > 0 for i in range(4))
+    assert_no_error(page)
+
+
+def test_stop_and_closing_the_tab_end_a_run_in_the_browser(live_app, browser):
+    runner, deadline_ms = live_app.demo.runner, 5_000
+
+    def start_long_run(page) -> None:
+        panel = page.locator("[role=tabpanel]").filter(visible=True).last
+        set_number(panel, "Steps", "150")  # several seconds on a CPU
+        panel.get_by_role("button", name="Generate", exact=True).click()
+        wait_until(lambda: runner.active == 1, TIMEOUT_MS)
+
+    def wait_until(condition, timeout_ms: int) -> None:
+        started = time.monotonic()
+        while not condition() and time.monotonic() - started < timeout_ms / 1000:
+            time.sleep(0.05)
+        assert condition()
+
+    def wait_until_idle() -> None:
+        wait_until(lambda: runner.active == 0, deadline_ms)
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(live_app.url, timeout=TIMEOUT_MS)
+    page.get_by_label("Prompt", exact=True).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+    start_long_run(page)
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    wait_until_idle()
+    start_long_run(page)
+    page.close()  # the tab goes away mid-run
+    wait_until_idle()

@@ -29,7 +29,7 @@ def resolve_seed(seed) -> int:
         return random.SystemRandom().randint(0, MAX_SEED)
     value = as_number("seed", seed, integer=True)
     if not 0 <= value <= MAX_SEED:
-        raise InvalidRequest(f"Seed must be -1 (random) or between 0 and {MAX_SEED}; got {seed}.")
+        raise InvalidRequest(f"Seed must be -1 (random) or between 0 and {MAX_SEED}; got {shown(seed)}.")
     return int(value)
 
 
@@ -38,17 +38,24 @@ def as_number(name: str, value, *, integer: bool = False, low: float | None = No
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(value)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"{name} must be a number; got {value!r}.") from None
-    if not math.isfinite(value):
-        raise InvalidRequest(f"{name} must be a finite number; got {value}.")
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidRequest(f"{name} must be a number; got {shown(value)}.") from None
+    if not _finite(value):
+        raise InvalidRequest(f"{name} must be a finite number; got {shown(value)}.")
     if integer:
         if value != int(value):
             raise InvalidRequest(f"{name} must be a whole number; got {value}.")
         value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}; got {value}.")
+        raise InvalidRequest(f"{name} must be between {low:g} and {high:g}; got {shown(value)}.")
     return value
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any number of digits)
+        return False
 
 
 def as_multiple(name: str, value, step: int, *, low: float, high: float) -> int:
@@ -58,6 +65,22 @@ def as_multiple(name: str, value, step: int, *, low: float, high: float) -> int:
         nearest = max(step, round(value / step) * step)
         raise InvalidRequest(f"{name.capitalize()} must be a multiple of {step} pixels; got {value} (try {nearest}).")
     return value
+
+
+def check_choice(name: str, value, choices) -> str:
+    """``value`` if it is one of the strings in ``choices``; else InvalidRequest naming the valid ones."""
+    if not isinstance(value, str):
+        got = "nothing" if value is None else f"a {type(value).__name__}"
+        raise InvalidRequest(f"The {name} must be one of: {', '.join(choices)}; got {got}.")
+    if value not in choices:
+        raise InvalidRequest(f"Unknown {name} '{shown(value, quote=False)}'; choose one of: {', '.join(choices)}.")
+    return value
+
+
+def shown(value, *, limit: int = 40, quote: bool = True) -> str:
+    """``value`` as it may be echoed in an error message: its repr (or text), cut to ``limit`` characters."""
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def check_prompt(name: str, text, *, required: bool) -> str:
@@ -72,6 +95,28 @@ def check_prompt(name: str, text, *, required: bool) -> str:
         raise InvalidRequest(f"The {name.replace('_', ' ')} is {len(text)} characters long; the limit is "
                              f"{MAX_PROMPT_CHARS}.")
     return text
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a CPU ``MemoryError``, torch's ``OutOfMemoryError`` (CUDA) or another backend's "out of memory"."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def free_memory() -> None:
+    """Collects garbage and hands cached accelerator memory back, e.g. after an out-of-memory error."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if torch.backends.mps.is_available():
+        torch.mps.empty_cache()
 
 
 def library_versions() -> dict:

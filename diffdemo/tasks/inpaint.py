@@ -20,8 +20,8 @@ from PIL import Image
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
-from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number, check_prompt,
-                                   library_versions, resolve_seed)
+from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number,
+                                   check_choice, check_prompt, library_versions, resolve_seed)
 from diffdemo.tasks.inputs import BLACK, WHITE, check_size, open_image, to_rgb
 from diffdemo.tasks.text_to_image import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE
 
@@ -73,8 +73,7 @@ class Canvas:
 
 def validate(request: InpaintRequest, models) -> InpaintRequest:
     """Checks every setting but the images; returns the request with numbers normalised and the seed drawn."""
-    if request.sampler not in SAMPLERS:
-        raise InvalidRequest(f"Unknown sampler '{request.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    check_choice("sampler", request.sampler, SAMPLERS)
     if request.outpaint_fill not in OUTPAINT_FILLS:
         raise InvalidRequest(f"outpaint_fill must be one of {', '.join(OUTPAINT_FILLS)}; "
                              f"got {request.outpaint_fill!r}.")

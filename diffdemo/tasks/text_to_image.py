@@ -9,8 +9,8 @@ import torch
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
-from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number, check_prompt,
-                                   library_versions, resolve_seed)
+from diffdemo.tasks.common import (TaskResult, a1111_parameters, as_multiple, as_number,
+                                   check_choice, check_prompt, library_versions, resolve_seed)
 
 MAX_STEPS = 150
 MAX_GUIDANCE = 30.0
@@ -36,8 +36,7 @@ class TextToImageRequest:
 
 def validate(request: TextToImageRequest, models) -> TextToImageRequest:
     """Returns the request with defaults filled in, or raises :class:`InvalidRequest` saying what is wrong."""
-    if request.sampler not in SAMPLERS:
-        raise InvalidRequest(f"Unknown sampler '{request.sampler}'; choose one of: {', '.join(SAMPLERS)}.")
+    check_choice("sampler", request.sampler, SAMPLERS)
     size = {name: models.native_size if getattr(request, name) is None else
             as_multiple(name, getattr(request, name), models.vae_scale, low=MIN_SIDE, high=MAX_SIDE)
             for name in ("width", "height")}
@@ -81,4 +80,5 @@ def describe(models, request, seeds, seconds: float) -> dict:
     """The JSON record stored with every image."""
     return {"task": "text_to_image", **asdict(request), "seeds": seeds, "model": models.name,
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),
-            "seconds": round(seconds, 3), "versions": library_versions()}
+            "seconds": round(seconds, 3), "versions": library_versions(),
+            **({"fast_path": fast.describe()} if (fast := models.extras.get("fast_path")) else {})}

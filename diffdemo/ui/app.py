@@ -45,7 +45,9 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
             with gr.Tab("Compare", id="compare"):
                 build_compare_tab(runner, GPU_GROUP)
         connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
+        demo.unload(runner.stop)  # a closed tab (or API client) stops its run within one step
     demo.runner = runner
+    runner.watch_cache(demo)  # delete_cache's clean-up, also done when results are saved (see runner.py)
     return demo
 
 

@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, example_images, noise_sweep
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, uploaded_path
 
 EXPLANATION = """**σ** is the noise's standard deviation in pixel units (0–255); set it to 0 if your image is already
 noisy and σ will be estimated. **t** is the diffusion timestep whose noise level matches σ: the model starts its
@@ -48,11 +48,13 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Accordion("Metrics and settings (also stored in each PNG)", open=False):
                 metrics = gr.JSON(label="Metrics")
     inputs = [image, sigma, seed, sampler, steps]
+    # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages for
+    # corrupt files and wrong types) instead of Gradio
     event = run_button.click(_denoise_handler(runner), inputs, [*outputs, metrics], api_name="denoise",
-                             concurrency_id=gpu_group)
+                             concurrency_id=gpu_group, preprocess=False)
     event.success(score_table, metrics, table, api_visibility="private", queue=False)
     sweep = sweep_button.click(_sweep_handler(runner), [image, seed, sampler, steps], plot,
-                               api_name="psnr_vs_noise", concurrency_id=gpu_group)
+                               api_name="psnr_vs_noise", concurrency_id=gpu_group, preprocess=False)
     stop.click(runner.stop, None, None, cancels=[event, sweep], api_visibility="private", queue=False)
     return {"image": image}
 
@@ -60,7 +62,8 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
 def _denoise_handler(runner: Runner):
     def denoise_image(image, sigma: float = 50, seed: int = -1, sampler: str = "DDIM", steps: int = 20,
                       request: gr.Request = None, progress=gr.Progress()):
-        task_request = DenoiseRequest(image=image, sigma=sigma, seed=seed, sampler=sampler, steps=steps)
+        task_request = DenoiseRequest(image=uploaded_path(image), sigma=sigma, seed=seed, sampler=sampler,
+                                      steps=steps)
         result = runner.run(denoise, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)
 
@@ -71,7 +74,7 @@ def _denoise_handler(runner: Runner):
 def _sweep_handler(runner: Runner):
     def psnr_vs_noise(image, seed: int = -1, sampler: str = "DDIM", steps: int = 20, request: gr.Request = None,
                       progress=gr.Progress()):
-        task_request = NoiseSweepRequest(image=image, seed=seed, sampler=sampler, steps=steps)
+        task_request = NoiseSweepRequest(image=uploaded_path(image), seed=seed, sampler=sampler, steps=steps)
         return pd.DataFrame(runner.run(noise_sweep, task_request, request, progress).metadata["rows"])
 
     return psnr_vs_noise

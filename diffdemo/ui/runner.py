@@ -1,7 +1,9 @@
-"""Runs tasks for the UI: progress per step, Stop per browser session, errors as short messages, PNG files."""
+"""Runs tasks for the UI: one model job at a time, progress per step, Stop per browser session, uploaded files
+only, errors (out of memory included) as short messages, and result PNGs that do not pile up on disk."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -10,44 +12,61 @@ import uuid
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
+from diffdemo.tasks.common import free_memory, is_out_of_memory
 
 log = logging.getLogger("diffdemo")
 OUTPUT_TTL_SECONDS = 3600
+MAX_OUTPUT_FOLDERS = 500  # result folders kept whatever their age, so disk use stays bounded under heavy load
+UPLOAD_FIELDS = ("image", "mask")  # request fields that may hold a file: only files Gradio received are accepted
+OUT_OF_MEMORY = ("The server ran out of memory for this request. Please try again with a smaller size, fewer "
+                 "images or fewer steps.")
+_OUT_OF_MEMORY = object()  # what _call returns after running out of memory
 
 
 class Runner:
-    """Holds the loaded models and runs task functions on them for Gradio event handlers."""
+    """Holds the loaded models and runs task functions on them for Gradio event handlers.
+
+    Diffusers modules are not thread-safe, so tasks run one at a time whichever tab started them (Gradio's shared
+    concurrency group already queues them; the lock also covers work that outlives its event, such as a run
+    finishing its last step after Stop). ``output_ttl`` (seconds) and ``max_outputs`` bound the result folders.
+    """
 
     def __init__(self, models, output_dir: str | Path | None = None):
         self.models = models
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="diffdemo-"))
-        self._cancel: dict[str, threading.Event] = {}
+        self.output_ttl = OUTPUT_TTL_SECONDS
+        self.max_outputs = MAX_OUTPUT_FOLDERS
+        self._cancel: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._blocks, self._last_sweep, self._cache_seen = None, 0.0, {}
+
+    @property
+    def active(self) -> int:
+        """How many runs are in progress or waiting for the models (all sessions)."""
+        with self._lock:
+            return sum(len(events) for events in self._cancel.values())
 
     def stop(self, request: gr.Request | None = None) -> None:
-        """Asks the run of this browser session to stop at the end of its current step."""
+        """Asks the runs of this browser session to stop at the end of their current step (also used when the
+        session's tab is closed)."""
         with self._lock:
-            event = self._cancel.get(_session(request))
-        if event is not None:
+            events = list(self._cancel.get(_session(request), ()))
+        for event in events:
             event.set()
 
     def run(self, task, task_request, request: gr.Request | None, progress: gr.Progress | None):
         """Calls ``task(models, task_request, callback)``; user errors become ``gr.Error`` with their message."""
-        session = _session(request)
-        event = threading.Event()
+        session, event = _session(request), threading.Event()
         with self._lock:
-            self._cancel[session] = event
-
-        def on_step(step) -> None:
-            if event.is_set():
-                raise Cancelled()
-            if progress is not None:
-                progress((step.index + 1, step.total), desc="Denoising", unit="steps")
-
+            self._cancel.setdefault(session, set()).add(event)
         try:
-            return task(self.models, task_request, on_step)
+            check_uploads(task_request)
+            with self._model_lock:
+                result = self._call(task, task_request, event, progress)
         except InvalidRequest as error:
             raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
         except Cancelled:
@@ -58,22 +77,122 @@ class Runner:
                            "log. Please try again.", title="Error") from None
         finally:
             with self._lock:
-                if self._cancel.get(session) is event:
+                self._cancel[session].discard(event)
+                if not self._cancel[session]:
                     del self._cancel[session]
+        if result is _OUT_OF_MEMORY:
+            raise gr.Error(OUT_OF_MEMORY, title="Out of memory", print_exception=False)
+        return result
+
+    def _call(self, task, task_request, event: threading.Event, progress):
+        """Runs the task (holding the model lock); after running out of memory, frees it and returns a marker."""
+        def on_step(step) -> None:
+            if event.is_set():
+                raise Cancelled()
+            if progress is not None:
+                progress((step.index + 1, step.total), desc="Denoising", unit="steps")
+
+        if event.is_set():  # stopped while waiting for the model
+            raise Cancelled()
+        try:
+            return task(self.models, task_request, on_step)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            # a string, not the error: it holds the failed run's frames and their tensors
+            log.error("task %s ran out of memory: %s", getattr(task, "__name__", task), str(error))
+        free_memory()  # the error and its frames are gone now, so this frees what the run held
+        return _OUT_OF_MEMORY
+
+    def watch_cache(self, blocks) -> None:
+        """Also cleans the Gradio cache of ``blocks`` on its ``delete_cache`` schedule (see
+        :func:`clean_gradio_cache`), each time results are saved."""
+        self._blocks = blocks
 
     def save_images(self, result) -> list[str]:
         """Writes the result's images as PNG files (with metadata chunks) and returns their paths."""
         self._clean_old_outputs()
+        schedule = getattr(self._blocks, "delete_cache", None)
+        if schedule and time.time() - self._last_sweep >= schedule[0]:
+            self._last_sweep = time.time()
+            clean_gradio_cache(self._blocks, schedule[1], self._cache_seen)
         folder = self.output_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
+        # the file name comes from the task's own name, never from anything the user typed
         return [save_png(image, folder / f"diffdemo-{result.metadata.get('task', 'image')}-{i}.png", result.metadata)
                 for i, image in enumerate(result.images)]
 
     def _clean_old_outputs(self) -> None:
-        cutoff = time.time() - OUTPUT_TTL_SECONDS
-        for folder in self.output_dir.glob("*"):
-            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+        """Deletes result folders older than ``output_ttl`` and the oldest beyond ``max_outputs - 1``."""
+        folders = []
+        for folder in self.output_dir.iterdir():
+            try:
+                if _is_result_folder(folder):
+                    folders.append((folder.stat().st_mtime, folder))
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+        folders.sort()
+        cutoff, excess = time.time() - self.output_ttl, len(folders) - self.max_outputs + 1
+        for index, (mtime, folder) in enumerate(folders):
+            if index < excess or mtime < cutoff:
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def clean_gradio_cache(blocks, age: float, seen: dict | None = None) -> None:
+    """Deletes the files Gradio copied for ``blocks`` (results, uploads) that are older than ``age`` seconds, as
+    ``gr.Blocks(delete_cache=...)`` does. Gradio's own scheduled clean-up (6.x) walks the live sets of files and
+    stops for good the first time a request adds one meanwhile ("Set changed size during iteration"), after which
+    the cache grows without bound; this walks snapshots instead.
+
+    ``seen`` (path -> the first sweep that saw it, kept by the caller between sweeps) protects a file that Gradio
+    found already cached by content hash: its ctime is old, but a request may have just handed it in."""
+    now, seen = time.time(), {} if seen is None else seen
+    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in list(blocks.blocks.values())))
+    for files in list(blocks.temp_file_sets):
+        for path in list(files):  # a snapshot: requests add files meanwhile
+            try:
+                first_seen = seen.setdefault(path, now)
+                if path in keep or now - max(os.lstat(path).st_ctime, first_seen) < age:
+                    continue
+                os.remove(path)
+                os.rmdir(os.path.dirname(path))  # its folder (named by the file's hash) if now empty
+            except OSError:  # already gone, or the folder holds another file
+                pass
+            if not os.path.exists(path):
+                files.discard(path)
+                seen.pop(path, None)
+
+
+def uploaded_path(payload):
+    """The file path in an unprocessed file payload (Gradio's FileData, as events with ``preprocess=False``
+    receive it); anything else is returned as it is, for :func:`check_uploads` and the task to judge."""
+    if isinstance(payload, dict):
+        return payload.get("path")
+    return getattr(payload, "path", payload)
+
+
+def check_uploads(task_request) -> None:
+    """Raises :class:`InvalidRequest` when an ``image``/``mask`` field names a file outside Gradio's upload folder:
+    a path typed by an API client, or a picture Gradio opened from one. Uploads and examples live in that folder."""
+    folder = Path(get_upload_folder()).resolve()
+    for name in UPLOAD_FIELDS:
+        value = getattr(task_request, name, None)
+        path = value if isinstance(value, (str, os.PathLike)) else getattr(value, "filename", None)
+        if path and not _inside(path, folder):
+            raise InvalidRequest(f"The {name} must be uploaded as a file; paths and addresses on the server are "
+                                 f"not accepted.")
+
+
+def _inside(path, folder: Path) -> bool:
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, TypeError, ValueError):  # a name too long, a NUL byte, bytes...: not an upload either
+        return False
+
+
+def _is_result_folder(path: Path) -> bool:
+    """Folders :meth:`Runner.save_images` (and the trajectory export) create: 32 hex digits, nothing else."""
+    return len(path.name) == 32 and all(c in "0123456789abcdef" for c in path.name) and path.is_dir()
 
 
 def _session(request: gr.Request | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from diffdemo.tasks import SuperResolutionRequest, super_resolve
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, uploaded_path
 
 EXPLANATION = """The **diffusion** result comes from the model set's dedicated ×4 upscaler (×2 = ×4 then Lanczos ÷2),
 or, without one, from the base model re-generating a Lanczos upscale at low strength. Large images are processed in
@@ -39,8 +39,9 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Accordion("Metrics and settings (also stored in each PNG)", open=False):
                 metrics = gr.JSON(label="Metrics")
     inputs = [image, scale, seed, steps, noise_level, evaluate]
+    # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
     event = run_button.click(_super_resolve_handler(runner), inputs, [*outputs, metrics], api_name="super_resolve",
-                             concurrency_id=gpu_group)
+                             concurrency_id=gpu_group, preprocess=False)
     event.success(score_table, metrics, table, api_visibility="private", queue=False)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"image": image}
@@ -49,7 +50,7 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
 def _super_resolve_handler(runner: Runner):
     def super_resolve_image(image, scale: int = 4, seed: int = -1, steps: int = 20, noise_level: int = 20,
                             evaluate: bool = False, request: gr.Request = None, progress=gr.Progress()):
-        task_request = SuperResolutionRequest(image=image, scale=scale, seed=seed, steps=steps,
+        task_request = SuperResolutionRequest(image=uploaded_path(image), scale=scale, seed=seed, steps=steps,
                                               noise_level=noise_level, evaluate=evaluate)
         result = runner.run(super_resolve, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)

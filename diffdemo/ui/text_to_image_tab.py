@@ -50,8 +50,11 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
     run = _text_to_image_handler(runner)
     inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images]
     outputs = [gallery, metadata, used_seed]
-    event = generate.click(run, inputs, outputs, api_name="text_to_image", concurrency_id=gpu_group)
-    submitted = prompt.submit(run, inputs, outputs, api_visibility="private", concurrency_id=gpu_group)
+    # preprocess=False: numbers and text reach the task as sent, so it answers wrong types and bounds itself
+    event = generate.click(run, inputs, outputs, api_name="text_to_image", concurrency_id=gpu_group,
+                           preprocess=False)
+    submitted = prompt.submit(run, inputs, outputs, api_visibility="private", concurrency_id=gpu_group,
+                              preprocess=False)
     stop.click(runner.stop, None, None, cancels=[event, submitted], api_visibility="private", queue=False)
     gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
     return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
