@@ -6,7 +6,9 @@ import gradio as gr
 from diffdemo.ui.branch_section import build_branch_section
 from diffdemo.ui.compare_tab import build_compare_tab
 from diffdemo.ui.denoise_tab import build_denoise_tab
+from diffdemo.ui.forward_tab import build_forward_tab
 from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpainting
+from diffdemo.ui.playground_tab import build_playground_tab
 from diffdemo.ui.runner import Runner
 from diffdemo.ui.super_resolution_tab import build_super_resolution_tab
 from diffdemo.ui.text_to_image_tab import build_text_to_image_tab
@@ -44,6 +46,10 @@ def build_demo(models, output_dir=None) -> gr.Blocks:
                 build_branch_section(runner, GPU_GROUP, trajectory)
             with gr.Tab("Compare", id="compare"):
                 build_compare_tab(runner, GPU_GROUP)
+            with gr.Tab("Forward process", id="forward"):
+                build_forward_tab(runner, GPU_GROUP)
+            with gr.Tab("2-D playground", id="playground"):
+                build_playground_tab(runner, GPU_GROUP)
         connect_send_to_inpainting(text_to_image, inpainting, tabs, "inpaint")
         demo.unload(runner.stop)  # a closed tab (or API client) stops its run within one step
     demo.runner = runner
