@@ -83,6 +83,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no analytics calls: works offline
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about image processors we do not use
+    # before torch loads OpenMP: busy-waiting worker threads make every model many times slower on a shared CPU
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     demo, plan = build_app(args)
     from diffdemo.ui.app import MAX_FILE_SIZE
     from diffdemo.ui.launch import launch

@@ -87,6 +87,7 @@ def train(dataset: str, seed: int, iterations: int) -> TrainedModel:
     """Trains a fresh :class:`PointDenoiser` on ``dataset`` for ``iterations`` Adam steps (one-cycle learning rate).
 
     Everything random (initial weights, data, t, ε) comes from ``seed``; the global torch RNG is left untouched.
+    Runs on one thread (:func:`one_thread`).
     """
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -98,16 +99,17 @@ def train(dataset: str, seed: int, iterations: int) -> TrainedModel:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=iterations,
                                                    pct_start=0.1)
     losses = []
-    for _ in range(iterations):
-        x0 = sample(dataset, BATCH, generator)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (BATCH,), generator=generator)
-        eps = torch.randn(BATCH, 2, generator=generator)
-        loss = nn.functional.mse_loss(net(scheduler.add_noise(x0, eps, t), t), eps)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        losses.append(loss.item())
+    with one_thread():
+        for _ in range(iterations):
+            x0 = sample(dataset, BATCH, generator)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (BATCH,), generator=generator)
+            eps = torch.randn(BATCH, 2, generator=generator)
+            loss = nn.functional.mse_loss(net(scheduler.add_noise(x0, eps, t), t), eps)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            losses.append(loss.item())
     net.eval().requires_grad_(False)
     return TrainedModel(net=net, dataset=dataset, seed=seed, iterations=iterations, losses=losses,
                         seconds=time.perf_counter() - started)
