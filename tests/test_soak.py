@@ -73,7 +73,9 @@ def test_many_identical_requests_keep_memory_and_disk_bounded(app):
           f"{growth:+.1%}; {folders} result folders and {len(kept)} cached results left of {len(served)}")
     assert growth <= MAX_RSS_GROWTH
     assert folders < REQUESTS / 4  # only those younger than the TTL
-    assert all(age < TTL for age in kept), kept  # only the last request's copy is left
+    # a copy is first seen by a sweep at most one interval (TTL) after it is made, and deleted by the first sweep at
+    # least TTL after that: only the newest few copies can be left, none older than 3 TTL
+    assert len(kept) <= 3 and all(age < 3 * TTL for age in kept), kept
     assert len(result_folders(app.runner)) == 1
 
 
