@@ -5,12 +5,12 @@ import math
 
 import gradio as gr
 
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS
+from diffdemo.tasks import DEFAULT_SAMPLER
 from diffdemo.tasks.compare import CompareRequest, compare, frames_at, numbers_at
 from diffdemo.tasks.trajectory import DECODE_MODES, preview
 from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
-from diffdemo.ui.trajectory_tab import RunStore
+from diffdemo.ui.trajectory_tab import RunStore, generation_settings
 
 MAX_RUNS = 4
 PRESETS = {
@@ -86,12 +86,7 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
     store, comparison_id = RunStore(), gr.State(None)
     with gr.Row():
         with gr.Column(scale=1):
-            prompt = gr.Textbox(label="Prompt", lines=2, value="a large red star on a blue background")
-            negative_prompt = gr.Textbox(label="Negative prompt", value="")
-            with gr.Row():
-                sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
-            guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
+            prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, shared by all)")
                 decode = gr.Radio(list(DECODE_MODES), value="vae", label="Decode")

@@ -28,6 +28,17 @@ EXPLANATION = """- **x_t** is the noisy sample the model sees at step t: mostly 
 - **Guidance** w pushes each step towards the prompt: output = uncond + w·(cond − uncond)."""
 
 
+def generation_settings():
+    """Prompt, negative prompt, sampler, steps and guidance inputs, as the recorded-run tabs lay them out."""
+    prompt = gr.Textbox(label="Prompt", lines=2, value="a large red star on a blue background")
+    negative_prompt = gr.Textbox(label="Negative prompt", value="")
+    with gr.Row():
+        sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
+        steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
+    guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
+    return prompt, negative_prompt, sampler, steps, guidance_scale
+
+
 class RunStore:
     """The last ``KEEP_RUNS`` runs by id; a session's gr.State holds only the id, so memory stays bounded."""
 
@@ -53,12 +64,7 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
     store = RunStore()
     with gr.Row():
         with gr.Column(scale=1):
-            prompt = gr.Textbox(label="Prompt", lines=2, value="a large red star on a blue background")
-            negative_prompt = gr.Textbox(label="Negative prompt", value="")
-            with gr.Row():
-                sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
-            guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
+            prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
                 decode = gr.Radio(list(DECODE_MODES), value="vae", label="Decode",
