@@ -11,7 +11,9 @@ or, without one, from the base model re-generating a Lanczos upscale at low stre
 overlapping tiles blended with linear ramps, so memory stays bounded; outputs are capped at 2048 px a side and
 4.2 MP. **Noise level** is how much noise is added to the low-res condition (more = more invented detail).
 **Evaluate mode** treats your image as the high-res original: it is shrunk by the factor (bicubic), upscaled back by
-all three methods and each is scored (PSNR in dB, SSIM) against it."""
+all three methods and each is scored (PSNR in dB, SSIM) against it. **Low-res consistency** (on by default) nudges
+the diffusion result until its bicubic downscale equals your input (back-projection): colours and shapes stay
+faithful, the model's detail stays."""
 LABELS = {"diffusion": "Diffusion", "bicubic": "Bicubic", "lanczos": "Lanczos"}
 
 
@@ -27,6 +29,8 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
                 noise_level = gr.Slider(0, 350, value=20, step=1, label="Noise level (upscaler)")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             evaluate = gr.Checkbox(value=False, label="Evaluate mode (my image is the high-res original)")
+            consistency = gr.Checkbox(value=True, label="Low-res consistency (back-projection)",
+                                      info="corrects the result so that, downscaled, it equals the input")
             with gr.Row():
                 run_button = gr.Button("Upscale", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
@@ -38,7 +42,7 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
             table = gr.Markdown()
             with gr.Accordion("Metrics and settings (also stored in each PNG)", open=False):
                 metrics = gr.JSON(label="Metrics")
-    inputs = [image, scale, seed, steps, noise_level, evaluate]
+    inputs = [image, scale, seed, steps, noise_level, evaluate, consistency]
     # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
     event = run_button.click(_super_resolve_handler(runner), inputs, [*outputs, metrics], api_name="super_resolve",
                              concurrency_id=gpu_group, preprocess=False)
@@ -49,9 +53,10 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
 
 def _super_resolve_handler(runner: Runner):
     def super_resolve_image(image, scale: int = 4, seed: int = -1, steps: int = 20, noise_level: int = 20,
-                            evaluate: bool = False, request: gr.Request = None, progress=gr.Progress()):
+                            evaluate: bool = False, consistency: bool = True, request: gr.Request = None,
+                            progress=gr.Progress()):
         task_request = SuperResolutionRequest(image=uploaded_path(image), scale=scale, seed=seed, steps=steps,
-                                              noise_level=noise_level, evaluate=evaluate)
+                                              noise_level=noise_level, evaluate=evaluate, consistency=consistency)
         result = runner.run(super_resolve, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)
 
