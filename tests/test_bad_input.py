@@ -91,12 +91,28 @@ CASES = [
     ("trajectory decode foo", "trajectory", dict(decode="foo"), "foo"),
     ("trajectory empty prompt", "trajectory", dict(prompt=""), "prompt"),
     ("trajectory steps 10^6", "trajectory", dict(steps=10**6), "maximum|between"),
+    ("trajectory decode tiny without a tiny VAE", "trajectory", dict(decode="tiny"), "tiny"),
+    ("compare one variant", "compare", dict(variants="steps=3"), "2 to 4"),
+    ("compare variant not a setting", "compare", dict(variants="steps=abc\nsteps=3"), "steps"),
+    ("compare empty prompt", "compare", dict(prompt=""), "prompt"),
+    ("compare decode foo", "compare", dict(decode="foo"), "foo"),
+    ("forward t 5000", "forward", dict(t=5000), "maximum|between"),
+    ("forward no image", "forward", dict(image=None), "No image"),
+    ("forward corrupt image", "forward", dict(image=F("corrupt")), "could not be read"),
+    ("forward unknown sampler", "forward", dict(sampler="Foo"), "Foo"),
+    ("playground unknown data set", "playground", dict(dataset="foo"), "foo"),
+    ("playground points 0", "playground", dict(points=0), "minimum|between"),
+    ("playground iterations 10^9", "playground", dict(iterations=10**9), "maximum|between"),
 ]
 VALID = {"text_to_image": dict(prompt="a red circle", seed=1),
          "inpaint": dict(image=F("picture"), mask=F("mask"), prompt="a red circle", seed=1),
          "denoise": dict(image=F("picture"), sigma=50, seed=1),
          "super_resolve": dict(image=F("small"), scale=2, seed=1),
-         "trajectory": dict(prompt="a red circle", seed=1, decode="fast")}
+         "trajectory": dict(prompt="a red circle", seed=1, decode="fast"),
+         "compare": dict(prompt="a red circle", variants="steps=2\nsteps=3", seed=1, decode="fast"),
+         "forward": dict(image=F("picture"), t=100, seed=1),
+         "playground": dict(points=100, iterations=200, steps=5)}
+NO_STEPS = {"forward"}  # endpoints without a steps parameter
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +143,7 @@ def files(app, tmp_path_factory):
 
 
 def ask(app, files, api: str, values: dict) -> SimpleNamespace:
-    values = {**FAST, **VALID[api], **values}
+    values = {**({} if api in NO_STEPS else FAST), **VALID[api], **values}
     data = raw_data(app.url, api, **{k: files[v] if isinstance(v, F) else v for k, v in values.items()})
     message = raw_result(app.url, fn_index(app.demo, api), data)
     return SimpleNamespace(success=message["success"], error=message["output"].get("error") or "",

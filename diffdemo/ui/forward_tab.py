@@ -8,7 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, ForwardRequest, example_images, forward, noise_schedule
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, uploaded_path
 
 EXPLANATION = """The **forward process** destroys an image a little at a time; because the steps are Gaussian, any
 step t can be reached in one jump: **x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε** with fresh noise ε ~ N(0, I).
@@ -64,18 +64,22 @@ def build_forward_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Accordion("Numbers and settings (also stored in each PNG)", open=False):
                 metadata = gr.JSON(label="Metadata")
     inputs, outputs = [image, t, seed, sampler], [*views, row, metadata]
-    event = run_button.click(_forward_handler(runner), inputs, outputs, api_name="forward", concurrency_id=gpu_group)
+    # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
+    event = run_button.click(_forward_handler(runner), inputs, outputs, api_name="forward", concurrency_id=gpu_group,
+                             preprocess=False)
     event.success(describe_numbers, metadata, numbers, api_visibility="private", queue=False)
     gr.on([t.change, sampler.change], plots, [sampler, t], charts, api_visibility="private", queue=False)
     refresh = gr.on([t.release, sampler.change], _refresh_handler(runner), inputs, outputs,
-                    api_visibility="private", concurrency_id=gpu_group, trigger_mode="always_last")
+                    api_visibility="private", concurrency_id=gpu_group, trigger_mode="always_last",
+                    preprocess=False)
     refresh.success(describe_numbers, metadata, numbers, api_visibility="private", queue=False)
     return {"image": image}
 
 
 def _forward_handler(runner: Runner):
     def forward_image(image, t: int = 500, seed: int = 0, sampler: str = DEFAULT_SAMPLER, request: gr.Request = None):
-        result = runner.run(forward, ForwardRequest(image=image, t=t, seed=seed, sampler=sampler), request, None)
+        task_request = ForwardRequest(image=uploaded_path(image), t=t, seed=seed, sampler=sampler)
+        result = runner.run(forward, task_request, request, None)
         return (*runner.save_images(result), result.metadata)
 
     forward_image.__name__ = "forward"
@@ -89,7 +93,7 @@ def _refresh_handler(runner: Runner):
     def refresh(image, t, seed, sampler, request: gr.Request = None):
         if image is None:
             return (gr.skip(),) * (len(VIEWS) + 2)
-        task_request = ForwardRequest(image=image, t=t, seed=seed, sampler=sampler, row=(t,))
+        task_request = ForwardRequest(image=uploaded_path(image), t=t, seed=seed, sampler=sampler, row=(t,))
         result = runner.run(forward, task_request, request, None)
         *views, _ = runner.save_images(result)
         return (*views, gr.skip(), result.metadata)
