@@ -23,6 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "diffusers folder; default: the embedded model (env DIFFDEMO_MODEL)")
     parser.add_argument("--upscaler", default=os.environ.get("DIFFDEMO_UPSCALER"),
                         help="an x4-upscaler hub id or folder, e.g. stabilityai/stable-diffusion-x4-upscaler")
+    parser.add_argument("--tiny-vae", default=os.environ.get("DIFFDEMO_TINY_VAE"),
+                        help="a TAESD-layout tiny VAE (hub id or folder, e.g. madebyollin/taesd) for cheap live "
+                             "previews and trajectory frames; the embedded model ships its own (env DIFFDEMO_TINY_VAE)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 on a Hugging Face Space; "
                                        "env GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, help="port (default 7860; env GRADIO_SERVER_PORT or PORT)")
@@ -61,7 +64,7 @@ def build_app(args: argparse.Namespace):
 
     try:
         fast = FastPath.parse(args.fast) if args.fast else None
-        models = load_models(args.model, upscaler=args.upscaler, device=model_device(args.device, gpu),
+        models = load_models(args.model, upscaler=args.upscaler, tiny_vae=args.tiny_vae, device=model_device(args.device, gpu),
                              dtype=args.dtype, fast=fast)
     except (ModelLoadError, ValueError) as error:
         sys.exit(f"diffdemo: {error}")

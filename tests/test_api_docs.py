@@ -40,6 +40,20 @@ def test_every_endpoint_is_documented(live_app):
         assert f'api_name="{name}"' in calls, f"docs/API.md has no example calling {name}"
 
 
+def section(name: str) -> str:
+    text = API_DOC.read_text(encoding="utf-8")
+    start = text.index(f"## `{name}`")
+    end = text.find("\n## ", start + 1)
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_every_parameter_is_documented(live_app):
+    for name, info in endpoints(live_app).items():
+        body = section(name)
+        missing = [p["parameter_name"] for p in info["parameters"] if f"`{p['parameter_name']}`" not in body]
+        assert not missing, f"docs/API.md's {name} section does not mention {missing}"
+
+
 def test_only_the_main_input_is_required(live_app):
     for name, info in endpoints(live_app).items():
         assert name in MAIN_INPUTS, f"{name} is new: name its main input in MAIN_INPUTS (and document it)"

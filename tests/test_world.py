@@ -128,7 +128,8 @@ def vocabulary(out):
 def tiny_run(tmp_path_factory):
     """``python -m diffdemo.world.train --preset tiny`` with the stages that make a loadable text-to-image model."""
     out = tmp_path_factory.mktemp("train") / "first"
-    train.main(["--preset", "tiny", "--out", str(out), "--stages", "tokenizer,vae,unet,assemble", "--device", "cpu"])
+    train.main(["--preset", "tiny", "--out", str(out), "--stages", "tokenizer,vae,unet,tiny_vae,assemble",
+                "--device", "cpu"])
     return out
 
 
@@ -136,7 +137,7 @@ def test_tiny_training_run_is_loadable(tiny_run):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
 
-    for stage in ("tokenizer", "vae", "unet", "assemble"):
+    for stage in ("tokenizer", "vae", "unet", "tiny_vae", "assemble"):
         assert (tiny_run / "logs" / f"{stage}.json").exists()
     curve = loss_curve(tiny_run, "unet")
     assert [step for step, _ in curve] == list(range(1, train.TINY.unet_steps + 1))
@@ -151,6 +152,18 @@ def test_tiny_training_run_is_loadable(tiny_run):
     image = pipe("a red circle", num_inference_steps=1, height=64, width=64,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
+
+
+def test_tiny_vae_stage_writes_a_loadable_autoencoder_tiny(tiny_run):
+    from diffusers import AutoencoderTiny
+
+    tiny = AutoencoderTiny.from_pretrained(tiny_run / "tiny_vae")
+    assert next(tiny.parameters()).dtype == torch.float32  # stored fp16 by assemble, loaded as asked
+    record = json.loads((tiny_run / "logs" / "tiny_vae.json").read_text())["log"]
+    assert record["steps"] == train.TINY.tiny_vae_steps and np.isfinite(record["psnr_vs_vae_db"])
+    with torch.no_grad():
+        assert tiny.decode(torch.randn(2, 4, 8, 8)).sample.shape == (2, 3, 64, 64)
+        assert tiny.encode(torch.rand(1, 3, 64, 64) * 2 - 1).latents.shape == (1, 4, 8, 8)
 
 
 def test_tiny_training_run_is_reproducible(tiny_run, tmp_path):
@@ -172,3 +185,13 @@ def test_train_rejects_unknown_stage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--preset", "tiny", "--out", str(tmp_path), "--stages", "tokenizer,bogus"])
     assert "bogus" in capsys.readouterr().err
+
+
+def test_shipped_weights_fit_the_budget():
+    """assets/ holds at most 30 MB of weights in all, no file over 16 MiB (a fresh clone downloads all of it)."""
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "assets").rglob("*.safetensors"))
+    sizes = {f.relative_to(f.parents[2]).as_posix(): f.stat().st_size for f in files}
+    assert len(files) >= 7, sizes  # model: text encoder, VAE, U-Net; upscaler: VAE, U-Net; denoiser; tiny VAE
+    assert sum(sizes.values()) <= 30_000_000 and max(sizes.values()) <= 16 * 2**20, sizes

@@ -17,8 +17,8 @@ import torch
 
 from diffdemo.engine.sampling import DEFAULT_SAMPLER
 from diffdemo.tasks.common import InvalidRequest, TaskResult, library_versions, resolve_seed
-from diffdemo.tasks.trajectory import (DECODE_MODES, TrajectoryRequest, TrajectoryRun, frame, json_numbers,
-                                       trajectory)
+from diffdemo.tasks.trajectory import (DECODE_MODES, TrajectoryRequest, TrajectoryRun, check_decode_mode, frame,
+                                       json_numbers, trajectory)
 from diffdemo.tasks.trajectory import validate as validate_trajectory
 
 MIN_VARIANTS, MAX_VARIANTS = 2, 4
@@ -78,6 +78,7 @@ def variant_requests(request: CompareRequest, models) -> tuple[list[TrajectoryRe
     """One validated :class:`TrajectoryRequest` per variant, all with the same (resolved) seed, and its label."""
     if request.decode not in DECODE_MODES:
         raise InvalidRequest(f"Unknown decode mode '{request.decode}'; choose one of: {', '.join(DECODE_MODES)}.")
+    check_decode_mode(request.decode, models)
     base = TrajectoryRequest(prompt=request.prompt, negative_prompt=request.negative_prompt,
                              sampler=request.sampler, steps=request.steps, guidance_scale=request.guidance_scale,
                              seed=resolve_seed(request.seed), decode=request.decode, every=1)

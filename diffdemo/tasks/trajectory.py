@@ -26,7 +26,7 @@ from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number
 from diffdemo.tasks.text_to_image import MAX_STEPS, TextToImageRequest, text_to_image
 from diffdemo.tasks.text_to_image import validate as validate_text_to_image
 
-DECODE_MODES = ("vae", "fast")
+DECODE_MODES = ("vae", "tiny", "fast")  # exact VAE decode, the distilled tiny VAE, the linear map
 VIEWS = ("x_t", "x0", "eps")
 EULER_TYPE = ("Euler", "Euler a")  # samplers whose x is in the VE form x_0 + σ·ε
 _LATENT_RGB: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # vae -> the fast decoder's base pairs
@@ -34,8 +34,8 @@ _LATENT_RGB: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # vae ->
 
 @dataclass(frozen=True)
 class TrajectoryRequest:
-    """Text-to-image settings for one image plus ``decode`` ("vae" or "fast" linear map) and ``every`` (keep steps
-    0, N, 2N, …: ceil(steps/N) frames). ``seed`` -1 means random."""
+    """Text-to-image settings for one image plus ``decode`` ("vae", "tiny" VAE or "fast" linear map) and ``every``
+    (keep steps 0, N, 2N, …: ceil(steps/N) frames). ``seed`` -1 means random."""
 
     prompt: str
     negative_prompt: str = ""
@@ -142,10 +142,18 @@ def validate(request: TrajectoryRequest, models) -> TrajectoryRequest:
     """Fills defaults and checks every field; raises :class:`InvalidRequest`."""
     if request.decode not in DECODE_MODES:
         raise InvalidRequest(f"Unknown decode mode '{request.decode}'; choose one of: {', '.join(DECODE_MODES)}.")
+    check_decode_mode(request.decode, models)
     every = as_number("every", request.every, integer=True, low=1, high=MAX_STEPS)
     checked = validate_text_to_image(_as_text_to_image(request), models)
     return replace(request, prompt=checked.prompt, negative_prompt=checked.negative_prompt, steps=checked.steps,
                    guidance_scale=checked.guidance_scale, seed=checked.seed, every=int(every))
+
+
+def check_decode_mode(mode: str, models) -> None:
+    """Raises :class:`InvalidRequest` when ``mode`` needs a part this model set lacks."""
+    if mode == "tiny" and models.tiny_vae is None:
+        raise InvalidRequest("This model has no tiny VAE; choose 'vae' or 'fast', or start the app with --tiny-vae "
+                             "(for Stable Diffusion 1.x: madebyollin/taesd).")
 
 
 def _as_text_to_image(request: TrajectoryRequest) -> TextToImageRequest:
@@ -241,15 +249,24 @@ def decode(run: TrajectoryRun, latents: torch.Tensor):
     if run.metadata["decode"] == "fast":
         return tensor_to_pil(fast_decode(latents, run.latent_rgb, models.vae_scale))[0]
     with torch.inference_mode():
-        return tensor_to_pil(decode_latents(models.vae, latents.to(models.device, models.dtype)))[0]
+        return tensor_to_pil(decode_latents(_decoder(models, run.metadata["decode"]),
+                                            latents.to(models.device, models.dtype)))[0]
+
+
+def _decoder(models, mode: str):
+    """The module that decodes for ``mode`` "vae" or "tiny"."""
+    if mode == "tiny":
+        check_decode_mode(mode, models)
+        return models.tiny_vae
+    return models.vae
 
 
 def preview(models, step: Step, mode: str = "fast"):
-    """An image of this step's x̂_0 for live previews: "fast" (the linear map, about free) or "vae" (exact, one
-    VAE decode per preview)."""
-    if mode == "vae":
+    """An image of this step's x̂_0 for live previews: "fast" (the linear map, about free), "tiny" (the distilled
+    tiny VAE, about a tenth of a VAE decode) or "vae" (exact, one VAE decode per preview)."""
+    if mode in ("vae", "tiny"):
         with torch.inference_mode():
-            return tensor_to_pil(decode_latents(models.vae, step.x0_pred[:1]))[0]
+            return tensor_to_pil(decode_latents(_decoder(models, mode), step.x0_pred[:1]))[0]
     return tensor_to_pil(fast_decode(step.x0_pred[:1], latent_rgb_matrix(models), models.vae_scale))[0]
 
 

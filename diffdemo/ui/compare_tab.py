@@ -7,10 +7,10 @@ import gradio as gr
 
 from diffdemo.tasks import DEFAULT_SAMPLER
 from diffdemo.tasks.compare import CompareRequest, compare, frames_at, numbers_at
-from diffdemo.tasks.trajectory import DECODE_MODES, preview
+from diffdemo.tasks.trajectory import preview
 from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
-from diffdemo.ui.trajectory_tab import RunStore, generation_settings
+from diffdemo.ui.trajectory_tab import DECODE_INFO, RunStore, decode_modes, generation_settings
 
 MAX_RUNS = 4
 PRESETS = {
@@ -89,7 +89,7 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
             prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, shared by all)")
-                decode = gr.Radio(list(DECODE_MODES), value="vae", label="Decode")
+                decode = gr.Radio(decode_modes(runner.models), value="vae", label="Decode", info=DECODE_INFO)
             preset = gr.Dropdown(list(PRESETS), value="10 vs 20 steps", label="Preset")
             variants = gr.Textbox(label="Variants, one per line", lines=4, value=PRESETS["10 vs 20 steps"],
                                   info="key=value pairs separated by ';' that override the settings above; keys: "
@@ -125,10 +125,11 @@ def _compare_handler(runner: Runner, store: RunStore):
                                       sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed,
                                       decode=decode)
         run_number = [0]
+        preview_mode = "tiny" if runner.models.tiny_vae is not None else "fast"
 
         def on_step(step):
             run_number[0] += step.index == 0  # each variant's loop starts again at step 0
-            return (*[gr.skip()] * 3, preview(runner.models, step),
+            return (*[gr.skip()] * 3, preview(runner.models, step, preview_mode),
                     f"run {run_number[0]} · step {step.index + 1}/{step.total}", gr.skip())
 
         result = yield from stream_task(runner, compare, task_request, request, on_step)

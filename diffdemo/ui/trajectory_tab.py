@@ -14,7 +14,8 @@ from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
 
 KEEP_RUNS = 4  # runs held in memory per runner (all sessions together); older ones are dropped
-PREVIEW_MODES = ("fast", "vae", "off")
+PREVIEW_MODES = ("fast", "tiny", "vae", "off")
+DECODE_INFO = "vae: exact; tiny: a distilled tiny VAE, about 10× cheaper; fast: a fitted linear latent→RGB map"
 DOWNLOADS_NOTE = ("Frames are decoded only when you look at them: the run itself costs about what a plain "
                   "generation does. The downloads are made right after it and decode every kept x̂₀ and x_t frame "
                   "once (the slowest part on a CPU); you can scrub meanwhile.")
@@ -67,12 +68,14 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
             prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
-                decode = gr.Radio(list(DECODE_MODES), value="vae", label="Decode",
-                                  info="vae: exact; fast: a fitted linear latent→RGB map, ×8 upsampled")
+                decode = gr.Radio(decode_modes(runner.models), value="vae", label="Decode", info=DECODE_INFO)
                 every = gr.Slider(1, 25, value=1, step=1, label="Keep every N-th step")
             with gr.Row():
-                live_mode = gr.Radio(list(PREVIEW_MODES), value="fast", label="Live preview",
-                                     info="fast: the linear map, about free; vae: exact, one decode per preview")
+                has_tiny = runner.models.tiny_vae is not None
+                live_mode = gr.Radio([m for m in PREVIEW_MODES if has_tiny or m != "tiny"],
+                                     value="tiny" if has_tiny else "fast", label="Live preview",
+                                     info="fast: the linear map, about free; tiny: the tiny VAE, a few ms; "
+                                          "vae: exact, one full decode per preview")
                 preview_every = gr.Slider(1, 25, value=1, step=1, label="Preview every N-th step")
             with gr.Row():
                 run_button = gr.Button("Run", variant="primary")
@@ -107,6 +110,11 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
     return {"run_id": run_id, "slider": slider, "store": store}
 
 
+def decode_modes(models) -> list[str]:
+    """The decode modes this model set offers ("tiny" only with a tiny VAE)."""
+    return [mode for mode in DECODE_MODES if mode != "tiny" or models.tiny_vae is not None]
+
+
 def _trajectory_handler(runner: Runner, store: RunStore):
     def trajectory_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
                          guidance_scale: float = 5.0, seed: int = -1, decode: str = "vae", every: int = 1,
@@ -119,7 +127,7 @@ def _trajectory_handler(runner: Runner, store: RunStore):
         def on_step(step):
             if live_preview == "off" or step.index % cadence:
                 return None
-            image = preview(runner.models, step, "vae" if live_preview == "vae" else "fast")
+            image = preview(runner.models, step, live_preview if live_preview in ("vae", "tiny") else "fast")
             return (*[gr.skip()] * 5, image, f"step {step.index + 1}/{step.total}", gr.skip())
 
         result = yield from stream_task(runner, trajectory, task_request, request, on_step)

@@ -7,6 +7,8 @@ Stages, in order (``--stages`` runs a subset; each reads what earlier ones wrote
              10% empty captions for classifier-free guidance, EMA weights     -> DIR/model/{text_encoder,unet,scheduler}
   upscaler   a 4× autoencoder, then the x4-upscaler-layout U-Net              -> DIR/upscaler/{vae,unet,...}
   denoiser   a pixel-space DDPM U-Net (epsilon prediction)                     -> DIR/denoiser/{unet,scheduler}
+  tiny_vae   a TAESD-layout AutoencoderTiny distilled from the VAE, drawing trajectory frames
+             about 10× faster than the VAE's decoder                           -> DIR/tiny_vae
   assemble   pipeline folders (model_index.json) that diffusers loads with no code of ours, weights in fp16
 
 Everything is seeded: the same command gives the same loss curve on the CPU. On a GPU, bf16 autocast is used.
@@ -29,7 +31,7 @@ from diffdemo.world import models
 from diffdemo.world.render import render_scenes
 from diffdemo.world.scene import recaption, sample_scene
 
-STAGES = ("tokenizer", "vae", "unet", "upscaler", "denoiser", "assemble")
+STAGES = ("tokenizer", "vae", "unet", "upscaler", "denoiser", "tiny_vae", "assemble")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class TrainConfig:
     upscaler_pool: int = 60_000
     denoiser_steps: int = 3759
     denoiser_batch: int = 64
+    tiny_vae_steps: int = 4500
+    tiny_vae_batch: int = 32
+    tiny_vae_lr: float = 6e-4
+    tiny_vae_crop: int = 8  # latent cells per side of a training crop (both halves are fully convolutional)
+    tiny_vae_pool: int = 1200  # latents decoded once by the teacher VAE
     lr: float = 3e-4  # upscaler and denoiser
     warmup_steps: int = 500  # linear learning-rate warm-up of every stage
     cfg_dropout: float = 0.1
@@ -62,7 +69,8 @@ class TrainConfig:
 
 TINY = TrainConfig(preset="tiny", image_size=64, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4, unet_pool=16,
                    upscaler_vae_steps=2, upscaler_steps=2, upscaler_batch=2, upscaler_pool=8, denoiser_steps=2,
-                   denoiser_batch=2, ema_decay=0.9, warmup_steps=2)
+                   denoiser_batch=2, tiny_vae_steps=2, tiny_vae_batch=2, tiny_vae_pool=8, ema_decay=0.9,
+                   warmup_steps=2)
 
 
 class WorldStream:
@@ -306,10 +314,71 @@ def train_denoiser(cfg: TrainConfig, out: Path, device) -> dict:
     return log
 
 
+def train_tiny_vae(cfg: TrainConfig, out: Path, device) -> dict:
+    """Distils the VAE (the teacher) into :func:`models.tiny_vae`: the decoder learns the teacher's decode of
+    scaled latents, the encoder the teacher's latents of those decodes. Half the latents are real encodings; the
+    rest are blends, blurs and low-contrast shrinks, like the blurry x̂_0 of a run's early steps."""
+    from diffusers import AutoencoderKL
+
+    teacher = AutoencoderKL.from_pretrained(out / "model" / "vae").to(device).eval().requires_grad_(False)
+    student = models.tiny_vae(cfg.preset, len(teacher.config.block_out_channels)).to(device)
+    stream = WorldStream(cfg.seed + 6, cfg.image_size, device)
+    latents, decoded = tiny_vae_pool(teacher, stream, cfg.tiny_vae_pool)
+    held_latents, held_decoded = tiny_vae_pool(teacher, stream, 64, real_only=True)
+
+    scale, crop = 2 ** (len(teacher.config.block_out_channels) - 1), cfg.tiny_vae_crop
+
+    def loss_fn(step):
+        index = torch.randint(0, len(latents), (cfg.tiny_vae_batch,), device=device)
+        i, j = torch.randint(0, latents.shape[-1] - crop + 1, (2,)).tolist()
+        z = latents[index, :, i: i + crop, j: j + crop]
+        y = decoded[index, :, scale * i: scale * (i + crop), scale * j: scale * (j + crop)]
+        image = student.decode(z).sample.float()
+        half = crop // 2  # the encoder learns on a quarter of the crop: it is not on the app's hot path
+        encoded = student.encode(y[:, :, : scale * half, : scale * half]).latents.float()
+        return F.mse_loss(image, y) + 0.5 * F.l1_loss(image, y) + 0.1 * F.mse_loss(encoded, z[:, :, :half, :half])
+
+    log = fit("tiny_vae", [student], loss_fn, cfg.tiny_vae_steps, cfg.tiny_vae_lr, cfg, device)
+    with torch.no_grad():
+        image = student.decode(held_latents).sample.float().clamp(-1, 1)
+    mse = ((image - held_decoded) / 2).pow(2).flatten(1).mean(1)
+    log["psnr_vs_vae_db"] = (-10 * torch.log10(mse)).median().item()
+    print(f"[tiny_vae] PSNR against the VAE's decode {log['psnr_vs_vae_db']:.2f} dB", flush=True)
+    student.save_pretrained(out / "tiny_vae")
+    return log
+
+
+def tiny_vae_pool(teacher, stream: WorldStream, n: int, real_only: bool = False, batch: int = 64):
+    """``n`` (scaled latents, the teacher's decode of them in [-1, 1]) pairs, made once."""
+    latents, decoded = [], []
+    scale = teacher.config.scaling_factor
+    for start in range(0, n, batch):
+        _, x = stream.batch(min(batch, n - start))
+        with torch.no_grad(), _autocast(x.device):
+            z = teacher.encode(x).latent_dist.sample() * scale
+            if not real_only:
+                z = torch.cat([z[: len(z) // 2], x0_like(z[len(z) // 2:])])
+            latents.append(z.float())
+            decoded.append(teacher.decode(z / scale).sample.float().clamp(-1, 1))
+    return torch.cat(latents), torch.cat(decoded)
+
+
+def x0_like(z: torch.Tensor) -> torch.Tensor:
+    """Latents like an early step's x̂_0: blends of two scenes, blurred, pulled toward the mean (seeded by torch)."""
+    n = len(z)
+    blend = torch.rand(n, 1, 1, 1, device=z.device)
+    z = blend * z + (1 - blend) * z.roll(1, 0)
+    blurred = F.interpolate(F.avg_pool2d(z, 4), size=z.shape[-2:], mode="bilinear", align_corners=False)
+    z = torch.where(torch.rand(n, 1, 1, 1, device=z.device) < 0.5, blurred, z)
+    shrink = 0.3 + 0.7 * torch.rand(n, 1, 1, 1, device=z.device)
+    mean = z.mean((2, 3), keepdim=True)
+    return mean + shrink * (z - mean)
+
+
 def assemble(cfg: TrainConfig, out: Path, device, dtype=torch.float16) -> dict:
     """Writes pipeline folders; weights are stored in ``dtype`` (fp16 halves the download)."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, StableDiffusionPipeline,
-                           StableDiffusionUpscalePipeline, UNet2DConditionModel, UNet2DModel)
+    from diffusers import (AutoencoderKL, AutoencoderTiny, DDIMScheduler, DDPMPipeline, DDPMScheduler,
+                           StableDiffusionPipeline, StableDiffusionUpscalePipeline, UNet2DConditionModel, UNet2DModel)
     from transformers import CLIPTextModel, CLIPTokenizer
 
     main, up, den = out / "model", out / "upscaler", out / "denoiser"
@@ -336,6 +405,12 @@ def assemble(cfg: TrainConfig, out: Path, device, dtype=torch.float16) -> dict:
                             scheduler=DDPMScheduler.from_pretrained(den / "scheduler"))
         pipe.to(dtype=dtype).save_pretrained(den)
         written["denoiser"] = str(den)
+    if (out / "tiny_vae").exists():
+        AutoencoderTiny.from_pretrained(out / "tiny_vae").to(dtype=dtype).save_pretrained(out / "tiny_vae")
+        config = out / "tiny_vae" / "config.json"  # diffusers writes this key, then warns about it when loading
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items()
+                                      if k != "block_out_channels"}, indent=2, sort_keys=True) + "\n")
+        written["tiny_vae"] = str(out / "tiny_vae")
     for config in out.glob("*/text_encoder/config.json"):
         # stored in fp16, but load as fp32 unless asked otherwise, like the diffusers models beside it
         config.write_text(config.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))
@@ -343,7 +418,7 @@ def assemble(cfg: TrainConfig, out: Path, device, dtype=torch.float16) -> dict:
 
 
 RUNNERS = {"tokenizer": train_tokenizer, "vae": train_vae, "unet": train_unet, "upscaler": train_upscaler,
-           "denoiser": train_denoiser, "assemble": assemble}
+           "denoiser": train_denoiser, "tiny_vae": train_tiny_vae, "assemble": assemble}
 
 
 def train(cfg: TrainConfig, out: Path, stages=STAGES, device: str | None = None) -> dict:
@@ -372,7 +447,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
     for field in ("vae_steps", "vae_batch", "vae_lr", "unet_steps", "unet_batch", "unet_pool", "upscaler_vae_steps",
-                  "upscaler_steps", "upscaler_batch", "upscaler_pool", "denoiser_steps", "max_minutes_per_stage"):
+                  "upscaler_steps", "upscaler_batch", "upscaler_pool", "denoiser_steps", "tiny_vae_steps",
+                  "tiny_vae_batch", "tiny_vae_lr", "tiny_vae_pool", "max_minutes_per_stage"):
         parser.add_argument("--" + field.replace("_", "-"), type=float if "minutes" in field or "lr" in field else int)
     args = parser.parse_args(argv)
     cfg = replace(TINY if args.preset == "tiny" else TrainConfig(), seed=args.seed)
