@@ -20,6 +20,9 @@ from diffdemo.tasks.common import free_memory, is_out_of_memory
 log = logging.getLogger("diffdemo")
 OUTPUT_TTL_SECONDS = 3600
 MAX_OUTPUT_FOLDERS = 500  # result folders kept whatever their age, so disk use stays bounded under heavy load
+# Progress updates sent to the browser at most this often (and at the last step): each is a queue message the
+# server handles on the cores the model is using, and four a second is smooth enough for a progress bar.
+PROGRESS_INTERVAL = 0.25
 UPLOAD_FIELDS = ("image", "mask")  # request fields that may hold a file: only files Gradio received are accepted
 OUT_OF_MEMORY = ("The server ran out of memory for this request. Please try again with a smaller size, fewer "
                  "images or fewer steps.")
@@ -86,10 +89,14 @@ class Runner:
 
     def _call(self, task, task_request, event: threading.Event, progress):
         """Runs the task (holding the model lock); after running out of memory, frees it and returns a marker."""
+        last_update = [-PROGRESS_INTERVAL]
+
         def on_step(step) -> None:
             if event.is_set():
                 raise Cancelled()
-            if progress is not None:
+            now = time.monotonic()
+            if progress is not None and (now - last_update[0] >= PROGRESS_INTERVAL or step.index + 1 == step.total):
+                last_update[0] = now
                 progress((step.index + 1, step.total), desc="Denoising", unit="steps")
 
         if event.is_set():  # stopped while waiting for the model
