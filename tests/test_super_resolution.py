@@ -104,7 +104,7 @@ def test_evaluate_mode_scores_all_three_methods(embedded_models):
 
 def test_back_projection_makes_the_downscale_match_the_input():
     rng = np.random.default_rng(0)
-    low = np.asarray(world_picture(128).resize((32, 32), Image.BICUBIC))
+    low = np.array(world_picture(128).resize((32, 32), Image.BICUBIC))
     guess = np.clip(np.asarray(Image.fromarray(low).resize((128, 128), Image.NEAREST)).astype(int)
                     + rng.integers(-30, 30, (128, 128, 3)) - 20, 0, 255).astype(np.uint8)  # noisy, too dark
 

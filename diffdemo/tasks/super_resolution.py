@@ -235,8 +235,8 @@ def back_project(image: np.ndarray, low_res: np.ndarray, rounds: int = BACK_PROJ
     (``h×w×3`` uint8): each round adds the bicubic upscale of the low-res residual. Works on the whole image at
     once (one float copy of the output, ~50 MB at 2048²)."""
     height, width = low_res.shape[:2]
-    target = torch.from_numpy(low_res).permute(2, 0, 1)[None].float()
-    x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    target = torch.tensor(low_res, dtype=torch.float32).permute(2, 0, 1)[None]  # copies: inputs may be read-only
+    x = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None]
     big = x.shape[-2:]
     for _ in range(rounds):
         down = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
