@@ -88,7 +88,7 @@ def test_models_go_to_cuda_only_on_zero_gpu():
 def space_env(monkeypatch, tiny_model_dir):
     """A Space's environment: SYSTEM=spaces, its id, and the model chosen by a Space variable."""
     for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "PORT", "DIFFDEMO_AUTH", "DIFFDEMO_UPSCALER",
-                 "DIFFDEMO_NOTICE", "SPACES_ZERO_GPU"):
+                 "DIFFDEMO_TINY_VAE", "DIFFDEMO_NOTICE", "SPACES_ZERO_GPU"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SYSTEM", "spaces")
     monkeypatch.setenv("SPACE_ID", "someone/diffdemo")

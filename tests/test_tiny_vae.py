@@ -72,8 +72,11 @@ def test_without_a_tiny_vae_the_mode_says_how_to_get_one(tiny_models):
 def test_bad_tiny_vae_sources_are_one_sentence(tiny_model_dir, tmp_path):
     from diffdemo.world import models
 
-    with pytest.raises(ModelLoadError, match="Could not load a tiny VAE"):
+    with pytest.raises(ModelLoadError, match="tiny VAE folder .*missing does not exist"):
         load_models(str(tiny_model_dir), tiny_vae=str(tmp_path / "missing"), device="cpu")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="Could not load a tiny VAE"):
+        load_models(str(tiny_model_dir), tiny_vae=str(tmp_path / "empty"), device="cpu")
     wrong = tmp_path / "three_levels"
     models.tiny_vae("tiny", levels=3).save_pretrained(wrong)  # 4× per side; the model's VAE is 8×
     with pytest.raises(ModelLoadError, match="does not fit this model's latents"):

@@ -199,10 +199,14 @@ def _load_tiny_vae(source: str, vae, device, dtype):
     try:
         tiny = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as error:
-        if Path(source).exists() or _looks_like_path(source):
+        if Path(source).exists():
             raise ModelLoadError(f"Could not load a tiny VAE (AutoencoderTiny) from {source}: pass a folder holding "
                                  f"its config.json and weights ({type(error).__name__}: "
                                  f"{str(error).splitlines()[0][:200]}).") from error
+        if _looks_like_path(source):
+            raise ModelLoadError(f"The tiny VAE folder {source} does not exist; pass a folder holding an "
+                                 f"AutoencoderTiny's config.json and weights, or a hub id such as "
+                                 f"madebyollin/taesd.") from error
         raise ModelLoadError(_explain(source, "tiny VAE", error)) from error
     levels = len(tiny.config.decoder_block_out_channels)
     if tiny.config.latent_channels != vae.config.latent_channels or levels != len(vae.config.block_out_channels):
