@@ -100,7 +100,7 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
-                live = gr.Image(label="Live x̂₀ (fast preview)", type="pil", interactive=False)
+                live = gr.Image(label="Live x̂₀ (preview)", type="pil", interactive=False)
                 status = gr.Textbox(label="Progress", interactive=False)
             note = gr.Markdown()
             build_comparison_view(store, comparison_id)
