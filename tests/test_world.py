@@ -181,6 +181,23 @@ def test_tokenizer_stage_is_reproducible(tiny_run, tmp_path):
     assert vocabulary(again) == vocabulary(tiny_run)
 
 
+def test_upscaler_decoder_stage_tunes_only_the_decoder(tmp_path):
+    """``--stages upscaler,upscaler_decoder``: the second stage samples the U-Net, fine-tunes the 4× decoder and
+    leaves the encoder (and so the U-Net's latent space) alone."""
+    from diffusers import AutoencoderKL
+
+    train.main(["--preset", "tiny", "--out", str(tmp_path), "--stages", "upscaler", "--device", "cpu"])
+    before = AutoencoderKL.from_pretrained(tmp_path / "upscaler" / "vae").state_dict()
+    train.main(["--preset", "tiny", "--out", str(tmp_path), "--stages", "upscaler_decoder", "--device", "cpu"])
+    after = AutoencoderKL.from_pretrained(tmp_path / "upscaler" / "vae").state_dict()
+    changed = {name.split(".")[0] for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {"decoder", "post_quant_conv"}
+    record = json.loads((tmp_path / "logs" / "upscaler_decoder.json").read_text())["log"]
+    assert record["steps"] == train.TINY.upscaler_decoder_steps
+    for key in ("raw_db", "back_projected_db", "raw_db_before", "back_projected_db_before"):
+        assert 0 < record[key] < 100, record
+
+
 def test_train_rejects_unknown_stage(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--preset", "tiny", "--out", str(tmp_path), "--stages", "tokenizer,bogus"])

@@ -232,16 +232,20 @@ def diffusion_upscale_fallback(models, low_res: np.ndarray, request, callback) -
 
 def back_project(image: np.ndarray, low_res: np.ndarray, rounds: int = BACK_PROJECTION_ROUNDS) -> np.ndarray:
     """``image`` (``s·h×s·w×3`` uint8) corrected so that its antialiased bicubic downscale matches ``low_res``
-    (``h×w×3`` uint8): each round adds the bicubic upscale of the low-res residual. Works on the whole image at
-    once (one float copy of the output, ~50 MB at 2048²)."""
-    height, width = low_res.shape[:2]
+    (``h×w×3`` uint8). Works on the whole image at once (one float copy of the output, ~50 MB at 2048²)."""
     target = torch.tensor(low_res, dtype=torch.float32).permute(2, 0, 1)[None]  # copies: inputs may be read-only
     x = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None]
-    big = x.shape[-2:]
-    for _ in range(rounds):
-        down = torch.nn.functional.interpolate(x, size=(height, width), mode="bicubic", antialias=True)
-        x += torch.nn.functional.interpolate(target - down, size=big, mode="bicubic", align_corners=False)
+    x = back_project_tensor(x, target, rounds)
     return x[0].clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def back_project_tensor(x: torch.Tensor, low_res: torch.Tensor, rounds: int = BACK_PROJECTION_ROUNDS) -> torch.Tensor:
+    """Iterative back-projection of ``B×C×H×W`` ``x`` onto ``B×C×h×w`` ``low_res`` (any value range): each round
+    adds the bicubic upscale of ``low_res − down(x)``. Differentiable (the upscaler's decoder trains through it)."""
+    for _ in range(rounds):
+        down = torch.nn.functional.interpolate(x, size=low_res.shape[-2:], mode="bicubic", antialias=True)
+        x = x + torch.nn.functional.interpolate(low_res - down, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    return x
 
 
 def native_tile(models, scale: int) -> int:

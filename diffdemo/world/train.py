@@ -6,6 +6,9 @@ Stages, in order (``--stages`` runs a subset; each reads what earlier ones wrote
   unet       CLIP text encoder + U-Net together: v-prediction on a zero-terminal-SNR schedule,
              10% empty captions for classifier-free guidance, EMA weights     -> DIR/model/{text_encoder,unet,scheduler}
   upscaler   a 4× autoencoder, then the x4-upscaler-layout U-Net              -> DIR/upscaler/{vae,unet,...}
+  upscaler_decoder
+             the 4× decoder fine-tuned on the U-Net's own samples (the super-resolution tab's settings), against
+             the true high-res image, raw and back-projected                    -> DIR/upscaler/vae
   denoiser   a pixel-space DDPM U-Net (epsilon prediction)                     -> DIR/denoiser/{unet,scheduler}
   tiny_vae   a TAESD-layout AutoencoderTiny distilled from the VAE, drawing trajectory frames
              about 10× faster than the VAE's decoder                           -> DIR/tiny_vae
@@ -31,12 +34,13 @@ from diffdemo.world import models
 from diffdemo.world.render import render_scenes
 from diffdemo.world.scene import recaption, sample_scene
 
-STAGES = ("tokenizer", "vae", "unet", "upscaler", "denoiser", "tiny_vae", "assemble")
+STAGES = ("tokenizer", "vae", "unet", "upscaler", "upscaler_decoder", "denoiser", "tiny_vae", "assemble")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The defaults are the recipe of the shipped model (step counts reached on one H100; see docs/MODEL_CARD.md)."""
+    """The defaults are the recipe of the shipped model (step counts reached on one H100, or a 2-core CPU for the
+    upscaler decoder and the tiny VAE; see docs/MODEL_CARD.md)."""
 
     preset: str = "full"
     seed: int = 0
@@ -53,6 +57,12 @@ class TrainConfig:
     upscaler_steps: int = 6456
     upscaler_batch: int = 64
     upscaler_pool: int = 60_000
+    upscaler_decoder_steps: int = 700  # about half an hour on a 2-core CPU
+    upscaler_decoder_batch: int = 8
+    upscaler_decoder_lr: float = 1e-4
+    upscaler_decoder_warmup: int = 50  # a fine-tune: a short warm-up
+    upscaler_decoder_pool: int = 2000  # (low-res, the U-Net's latents, high-res) triples, sampled once
+    upscaler_decoder_back_projection: float = 2.0  # weight of the loss on the back-projected decode
     denoiser_steps: int = 3759
     denoiser_batch: int = 64
     tiny_vae_steps: int = 4500
@@ -68,7 +78,8 @@ class TrainConfig:
 
 
 TINY = TrainConfig(preset="tiny", image_size=64, vae_steps=4, vae_batch=4, unet_steps=4, unet_batch=4, unet_pool=16,
-                   upscaler_vae_steps=2, upscaler_steps=2, upscaler_batch=2, upscaler_pool=8, denoiser_steps=2,
+                   upscaler_vae_steps=2, upscaler_steps=2, upscaler_batch=2, upscaler_pool=8, upscaler_decoder_steps=2,
+                   upscaler_decoder_batch=2, upscaler_decoder_pool=8, denoiser_steps=2,
                    denoiser_batch=2, tiny_vae_steps=2, tiny_vae_batch=2, tiny_vae_pool=8, ema_decay=0.9,
                    warmup_steps=2)
 
@@ -89,13 +100,14 @@ def _autocast(device: torch.device):
 
 
 def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: float, cfg: TrainConfig,
-        device: torch.device, ema: bool = False) -> dict:
-    """AdamW with warm-up over ``loss_fn(step)``; EMA weights are copied in at the end. Returns the log."""
+        device: torch.device, ema: bool = False, warmup_steps: int | None = None) -> dict:
+    """AdamW with warm-up (``cfg.warmup_steps`` unless given) over ``loss_fn(step)``; EMA weights are copied in at
+    the end. Returns the log."""
     from diffusers.training_utils import EMAModel
 
     params = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, cfg.warmup_steps)
+    warmup = max(1, cfg.warmup_steps if warmup_steps is None else warmup_steps)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     averages = [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True)
                 for m in modules] if ema else []
@@ -293,6 +305,90 @@ def upscaler_pool(vae, stream: WorldStream, n: int, low: int):
     return torch.cat(pool_small), torch.cat(pool_latents).float()
 
 
+def train_upscaler_decoder(cfg: TrainConfig, out: Path, device) -> dict:
+    """Fine-tunes the upscaler VAE's decoder on what it will be given: latents the U-Net samples (DDIM, the
+    super-resolution tab's 20 steps and noise level 20) from the low-res images of a pool of scenes, paired with
+    the true high-res images. The loss adds the decode after back-projection (the tab's default), so the decoder
+    spends its capacity on the edges back-projection cannot restore. Encoder and U-Net stay as they are."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from diffdemo.tasks.super_resolution import back_project_tensor
+
+    folder = out / "upscaler"
+    vae = AutoencoderKL.from_pretrained(folder / "vae").to(device).requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet").to(device).eval()
+    low_res_schedule = DDPMScheduler.from_pretrained(folder / "low_res_scheduler")
+    stream = WorldStream(cfg.seed + 7, cfg.image_size, device)
+    low, scale = cfg.image_size // 4, vae.config.scaling_factor
+    sizes = [min(64, cfg.upscaler_decoder_pool - start) for start in range(0, cfg.upscaler_decoder_pool, 64)]
+    with torch.no_grad():
+        pool = [upscaler_samples(unet, low_res_schedule, *stream_triple(stream, n, low)) for n in sizes]
+        held = upscaler_samples(unet, low_res_schedule, *stream_triple(stream, 64, low))
+    small, latents, target = (torch.cat(part) for part in zip(*pool))
+    print(f"[upscaler_decoder] sampled a pool of {len(small)} upscales", flush=True)
+    decoder = [vae.decoder, vae.post_quant_conv]
+    for module in decoder:
+        module.requires_grad_(True)
+
+    def loss_fn(step):
+        index = torch.randint(0, len(small), (cfg.upscaler_decoder_batch,), device=device)
+        image = vae.decode(latents[index] / scale).sample.float()
+        projected = back_project_tensor(image, small[index])
+        y = target[index]
+        return (F.mse_loss(image, y) + 0.5 * F.l1_loss(image, y) + cfg.upscaler_decoder_back_projection *
+                (F.mse_loss(projected, y) + 0.5 * F.l1_loss(projected, y)))
+
+    before = upscaler_decoder_psnr(vae, *held)
+    log = fit("upscaler_decoder", decoder, loss_fn, cfg.upscaler_decoder_steps, cfg.upscaler_decoder_lr, cfg, device,
+              ema=True, warmup_steps=cfg.upscaler_decoder_warmup)
+    vae.eval().requires_grad_(False)
+    log.update({f"{k}_before": v for k, v in before.items()}, **upscaler_decoder_psnr(vae, *held))
+    print(f"[upscaler_decoder] held-out PSNR: {log}", flush=True)
+    vae.save_pretrained(folder / "vae")
+    return log
+
+
+def stream_triple(stream: WorldStream, n: int, low: int):
+    """``n`` high-res images and their low-res versions, rounded to 8-bit levels as a user's file would be (half
+    antialiased bicubic, as PIL makes them, half box-filtered)."""
+    _, x = stream.batch(n)
+    bicubic = F.interpolate(x, size=low, mode="bicubic", antialias=True)
+    small = torch.where(torch.rand(n, 1, 1, 1, device=x.device) < 0.5, bicubic, F.interpolate(x, size=low, mode="area"))
+    return ((small.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1, x
+
+
+def upscaler_samples(unet, low_res_schedule, small, high, steps: int = 20, noise_level: int = 20):
+    """(low-res, the U-Net's final scaled latents, high-res): the super-resolution tab's sampler, batched."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(**models.LATENT_SCHEDULE)
+    scheduler.set_timesteps(steps, device=small.device)
+    n = len(small)
+    level = torch.full((n,), noise_level, device=small.device, dtype=torch.long)
+    noised = low_res_schedule.add_noise(small, torch.randn_like(small), level)
+    latents = torch.randn(n, unet.config.out_channels, *small.shape[-2:], device=small.device)
+    no_text = torch.zeros(n, 1, unet.config.cross_attention_dim, device=small.device)
+    with _autocast(small.device):
+        for t in scheduler.timesteps:
+            v = unet(torch.cat([latents, noised], 1), t, encoder_hidden_states=no_text, class_labels=level).sample
+            latents = scheduler.step(v.float(), t, latents).prev_sample
+    return small, latents, high
+
+
+def upscaler_decoder_psnr(vae, small, latents, high) -> dict:
+    """Median PSNR (dB) of the decode, raw and back-projected, against the high-res images."""
+    from diffdemo.tasks.super_resolution import back_project_tensor
+
+    with torch.no_grad():
+        image = torch.cat([vae.decode(z / vae.config.scaling_factor).sample for z in latents.split(16)]).float()
+        projected = back_project_tensor(image.clamp(-1, 1), small).clamp(-1, 1)
+
+    def median_db(a):
+        return (-10 * torch.log10(((a.clamp(-1, 1) - high) / 2).pow(2).flatten(1).mean(1))).median().item()
+
+    return {"raw_db": round(median_db(image), 3), "back_projected_db": round(median_db(projected), 3)}
+
+
 def train_denoiser(cfg: TrainConfig, out: Path, device) -> dict:
     unet = models.denoiser(cfg.preset, cfg.image_size).to(device)
     schedule = models.pixel_scheduler()
@@ -418,6 +514,7 @@ def assemble(cfg: TrainConfig, out: Path, device, dtype=torch.float16) -> dict:
 
 
 RUNNERS = {"tokenizer": train_tokenizer, "vae": train_vae, "unet": train_unet, "upscaler": train_upscaler,
+           "upscaler_decoder": train_upscaler_decoder,
            "denoiser": train_denoiser, "tiny_vae": train_tiny_vae, "assemble": assemble}
 
 
@@ -447,7 +544,8 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0)
     for field in ("vae_steps", "vae_batch", "vae_lr", "unet_steps", "unet_batch", "unet_pool", "upscaler_vae_steps",
-                  "upscaler_steps", "upscaler_batch", "upscaler_pool", "denoiser_steps", "tiny_vae_steps",
+                  "upscaler_steps", "upscaler_batch", "upscaler_pool", "upscaler_decoder_steps",
+                  "upscaler_decoder_pool", "denoiser_steps", "tiny_vae_steps",
                   "tiny_vae_batch", "tiny_vae_lr", "tiny_vae_pool", "max_minutes_per_stage"):
         parser.add_argument("--" + field.replace("_", "-"), type=float if "minutes" in field or "lr" in field else int)
     args = parser.parse_args(argv)
