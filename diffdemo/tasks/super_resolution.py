@@ -232,7 +232,7 @@ def diffusion_upscale_fallback(models, low_res: np.ndarray, request, callback) -
 
 def back_project(image: np.ndarray, low_res: np.ndarray, rounds: int = BACK_PROJECTION_ROUNDS) -> np.ndarray:
     """``image`` (``s·h×s·w×3`` uint8) corrected so that its antialiased bicubic downscale matches ``low_res``
-    (``h×w×3`` uint8). Works on the whole image at once (one float copy of the output, ~50 MB at 2048²)."""
+    (``h×w×3`` uint8). Works on the whole image at once (float copies of the output, ~50 MB each at 2048²)."""
     target = torch.tensor(low_res, dtype=torch.float32).permute(2, 0, 1)[None]  # copies: inputs may be read-only
     x = torch.tensor(image, dtype=torch.float32).permute(2, 0, 1)[None]
     x = back_project_tensor(x, target, rounds)
