@@ -359,9 +359,7 @@ def stream_triple(stream: WorldStream, n: int, low: int):
 
 def upscaler_samples(unet, low_res_schedule, small, high, steps: int = 20, noise_level: int = 20):
     """(low-res, the U-Net's final scaled latents, high-res): the super-resolution tab's sampler, batched."""
-    from diffusers import DDIMScheduler
-
-    scheduler = DDIMScheduler(**models.LATENT_SCHEDULE)
+    scheduler = models.latent_scheduler()
     scheduler.set_timesteps(steps, device=small.device)
     n = len(small)
     level = torch.full((n,), noise_level, device=small.device, dtype=torch.long)
