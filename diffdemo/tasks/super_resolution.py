@@ -8,6 +8,9 @@ Maths map (diffusers' x4-upscaler layout; Ho et al. 2020), pixels in [-1, 1] unl
   consistency  iterative back-projection (Irani & Peleg 1991): x ← x + up(low_res − down(x)), with down the
                antialiased bicubic that made the low-res image; it makes down(result) = low_res, restoring the
                colours and low frequencies that the upscaler's small VAE gets wrong, and keeps its detail
+  samples      the result is the mean of N samples (different noise): an estimate of the posterior mean
+               E[x | low_res], which minimises the expected squared error; ``mirror`` runs half of them on the
+               mirrored input (a self-ensemble, Timofte et al. 2016). Few steps suffice: the mean is smooth anyway
 Tiling: the low-res input is cut into overlapping tiles; every tile takes its crop of ONE seed-derived noise field
 (so overlapping tiles see the same noise where they overlap), is denoised and decoded alone, and the decoded tiles
 are blended with linear ramps across each overlap (weights sum to 1), so memory is bounded by the tile size.
@@ -29,6 +32,7 @@ from diffdemo.tasks.inputs import WHITE, check_size, open_image, to_rgb
 
 SCALES = (2, 4)
 MAX_STEPS = 100
+MAX_SAMPLES = 16
 MIN_SIDE = 8  # low-res pixels a side
 MAX_OUTPUT_SIDE = 2048
 MAX_OUTPUT_PIXELS = 4_200_000  # 2048×2048 = 4.19 MP fits
@@ -46,6 +50,8 @@ class SuperResolutionRequest:
     ``scale`` 2 or 4; the output may be at most 2048 px a side and 4.2 MP. ``evaluate``: take ``image`` as the
     high-res original, downscale it by ``scale`` (bicubic), upscale back and score PSNR/SSIM against it.
     ``noise_level`` (upscaler) noises the low-res condition; ``strength`` (fallback) is how much to re-generate.
+    ``samples`` (1–16) are averaged, half of them on the left-right mirrored input when ``mirror``; 1 gives one
+    sharp sample (raise ``steps`` then). The defaults (4 samples of 5 steps) cost about what one 20-step sample did.
     ``tile_size``/``tile_overlap`` are low-res pixels (rounded to the model's granularity); ``tile_size`` None
     means the size the model was trained at (32 px for the embedded upscaler), also the smallest allowed.
     """
@@ -53,8 +59,10 @@ class SuperResolutionRequest:
     image: object
     scale: int = 4
     seed: int = -1
-    steps: int = 20
+    steps: int = 5
     noise_level: int = 20
+    samples: int = 4
+    mirror: bool = True
     evaluate: bool = False
     prompt: str = ""
     strength: float = FALLBACK_STRENGTH
@@ -74,12 +82,14 @@ def validate(request: SuperResolutionRequest, models) -> SuperResolutionRequest:
     return replace(request, scale=int(request.scale), seed=resolve_seed(request.seed),
                    steps=as_number("steps", request.steps, integer=True, low=1, high=MAX_STEPS),
                    noise_level=as_number("noise_level", request.noise_level, integer=True, low=0, high=max_noise),
+                   samples=as_number("samples", request.samples, integer=True, low=1, high=MAX_SAMPLES),
                    strength=as_number("strength", request.strength, low=0.05, high=1),
                    prompt=check_prompt("prompt", request.prompt, required=False),
                    tile_size=None if request.tile_size is None else
                    as_number("tile_size", request.tile_size, integer=True, low=8, high=MAX_OUTPUT_SIDE),
                    tile_overlap=as_number("tile_overlap", request.tile_overlap, integer=True, low=0, high=256),
-                   evaluate=bool(request.evaluate), consistency=bool(request.consistency))
+                   evaluate=bool(request.evaluate), consistency=bool(request.consistency),
+                   mirror=bool(request.mirror))
 
 
 def load_low_res(request) -> tuple[np.ndarray, np.ndarray | None, dict]:
@@ -164,20 +174,41 @@ def upscaler_embeddings(models, prompt: str) -> torch.Tensor:
     return torch.zeros(1, 1, dim, device=unet.device, dtype=unet.dtype)
 
 
-def diffusion_upscale_x4(models, low_res: np.ndarray, request, callback) -> np.ndarray:
-    """The dedicated upscaler: ``h×w×3`` uint8 -> ``4h×4w×3`` uint8, tiled."""
+def diffusion_upscale(models, low_res: np.ndarray, request, callback) -> np.ndarray:
+    """``h×w×3`` uint8 -> uint8 at ×4 (the dedicated upscaler) or ×scale (the img2img fallback): the mean of
+    ``request.samples`` samples, each denoised from its own noise.
+
+    The mean of samples estimates the posterior mean, the upscale with the least expected squared error (highest
+    PSNR), and trades invented detail for fidelity. With ``request.mirror`` the second half of the samples see the
+    input mirrored left-right and are mirrored back (a self-ensemble): the model's own errors differ between the
+    two views, so they partly cancel.
+    """
+    sample_mean = upscaler_mean if models.upscaler is not None else img2img_mean
+    generator = torch.Generator("cpu").manual_seed(request.seed)
+    mirrored = request.samples // 2 if request.mirror else 0
+    plain = request.samples - mirrored
+    with torch.inference_mode():
+        total = sample_mean(models, low_res, plain, generator, request, callback) * plain
+        if mirrored:
+            flipped = np.ascontiguousarray(low_res[:, ::-1])
+            total += sample_mean(models, flipped, mirrored, generator, request, callback).flip(-1) * mirrored
+    return to_uint8(total / request.samples)
+
+
+def upscaler_mean(models, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
+    """The dedicated upscaler, ``count`` samples in one batch per tile: ``h×w×3`` uint8 -> their mean
+    ``1×3×4h×4w`` in [-1, 1]."""
     up = models.upscaler
     unet, device, dtype = up.unet, up.unet.device, up.unet.dtype
     multiple = max(8, 2 ** (len(unet.config.block_out_channels) - 1))
     height, width = low_res.shape[:2]
     padded = pil_to_tensor(Image.fromarray(pad_to(low_res, multiple)))
-    generator = torch.Generator("cpu").manual_seed(request.seed)
-    shape = (1, up.vae.config.latent_channels, *padded.shape[-2:])
+    shape = (count, up.vae.config.latent_channels, *padded.shape[-2:])
     latent_noise = initial_noise(shape, generator, "cpu", torch.float32)
-    condition_noise = initial_noise(padded.shape, generator, "cpu", torch.float32)
-    level = torch.tensor([request.noise_level], dtype=torch.long)
-    noised = up.low_res_scheduler.add_noise(padded, condition_noise, level)
-    embeddings = upscaler_embeddings(models, request.prompt)
+    condition_noise = initial_noise((count, *padded.shape[1:]), generator, "cpu", torch.float32)
+    level = torch.full((count,), request.noise_level, dtype=torch.long)
+    noised = up.low_res_scheduler.add_noise(padded.expand(count, -1, -1, -1), condition_noise, level)
+    embeddings = upscaler_embeddings(models, request.prompt).expand(count, -1, -1)
 
     def process(y, x, crop):
         th, tw = crop.shape[-2:]
@@ -187,26 +218,24 @@ def diffusion_upscale_x4(models, low_res: np.ndarray, request, callback) -> np.n
         condition = noised[:, :, y:y + th, x:x + tw].to(device, dtype)
         predict = guided(unet, embeddings, None, 1.0, extra_channels=condition, class_labels=level.to(device))
         latents = denoise_loop(scheduler, predict, latents, callback=callback)
-        return decode_latents(up.vae, latents)
+        return decode_latents(up.vae, latents).mean(0, keepdim=True)
 
-    with torch.inference_mode():
-        tile = request.tile_size or native_tile(models, 4)
-        out = run_tiled(padded, 4, tile, request.tile_overlap, multiple, process)
-    return to_uint8(out)[: height * 4, : width * 4]
+    tile = request.tile_size or native_tile(models, 4)
+    return run_tiled(padded, 4, tile, request.tile_overlap, multiple, process)[:, :, : height * 4, : width * 4]
 
 
-def diffusion_upscale_fallback(models, low_res: np.ndarray, request, callback) -> np.ndarray:
-    """img2img with the base model: Lanczos ×scale, encode, noise to ``strength``, denoise, decode (tiled)."""
+def img2img_mean(models, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
+    """The fallback with the base model, ``count`` samples: Lanczos ×scale, encode, noise to ``strength``, denoise,
+    decode (tiled) -> their mean ``1×3×(s·h)×(s·w)`` in [-1, 1]."""
     s, vae_scale = request.scale, models.vae_scale
     levels = len(models.unet.config.block_out_channels) - 1
     multiple = max(8, vae_scale * 2 ** levels // s)
     height, width = low_res.shape[:2]
     padded = pad_to(low_res, multiple)
     big = resize(padded, (padded.shape[1] * s, padded.shape[0] * s), Image.LANCZOS)
-    generator = torch.Generator("cpu").manual_seed(request.seed)
-    shape = (1, models.unet.config.in_channels, big.shape[0] // vae_scale, big.shape[1] // vae_scale)
+    shape = (count, models.unet.config.in_channels, big.shape[0] // vae_scale, big.shape[1] // vae_scale)
     noise = initial_noise(shape, generator, "cpu", torch.float32)
-    prompt = encode_prompt(models, request.prompt)
+    prompt = encode_prompt(models, request.prompt, batch=count)
     guidance = FALLBACK_GUIDANCE if request.prompt else 1.0
 
     def process(y, x, crop):
@@ -216,18 +245,16 @@ def diffusion_upscale_fallback(models, low_res: np.ndarray, request, callback) -
         scheduler.set_timesteps(request.steps, device=models.device)
         start = request.steps - max(1, round(request.steps * request.strength))
         ly, lx, lh, lw = (v * s // vae_scale for v in (y, x, th, tw))
-        latents = scheduler.add_noise(encode_pixels(models.vae, pixels),
+        latents = scheduler.add_noise(encode_pixels(models.vae, pixels).expand(count, -1, -1, -1),
                                       noise[:, :, ly:ly + lh, lx:lx + lw].to(models.device, models.dtype),
                                       scheduler.timesteps[start:start + 1])
         predict = guided(models.unet, prompt.cond, prompt.uncond, guidance)
         latents = denoise_loop(scheduler, predict, latents, callback=callback, start_index=start)
-        return decode_latents(models.vae, latents)
+        return decode_latents(models.vae, latents).mean(0, keepdim=True)
 
     low = pil_to_tensor(Image.fromarray(padded))
-    with torch.inference_mode():
-        tile = request.tile_size or native_tile(models, s)
-        out = run_tiled(low, s, tile, request.tile_overlap, multiple, process)
-    return to_uint8(out)[: height * s, : width * s]
+    tile = request.tile_size or native_tile(models, s)
+    return run_tiled(low, s, tile, request.tile_overlap, multiple, process)[:, :, : height * s, : width * s]
 
 
 def back_project(image: np.ndarray, low_res: np.ndarray, rounds: int = BACK_PROJECTION_ROUNDS) -> np.ndarray:
@@ -279,14 +306,15 @@ def super_resolve(models, request: SuperResolutionRequest, callback: StepCallbac
     low_res, original, notes = load_low_res(request)
     height, width = low_res.shape[:2]
     size = (width * request.scale, height * request.scale)
+    diffusion = diffusion_upscale(models, low_res, request, callback)
     if models.upscaler is not None:
         method = "upscaler" if request.scale == 4 else "upscaler x4 + Lanczos /2"
-        diffusion = diffusion_upscale_x4(models, low_res, request, callback)
         if request.scale != 4:
             diffusion = resize(diffusion, size, Image.LANCZOS)
     else:
         method = f"img2img fallback (strength {request.strength:g})"
-        diffusion = diffusion_upscale_fallback(models, low_res, request, callback)
+    if request.samples > 1:
+        method += f", mean of {request.samples} samples" + (" (half mirrored)" if request.mirror else "")
     if request.consistency:
         method += " + back-projection"
         diffusion = back_project(diffusion, low_res)

@@ -4,12 +4,17 @@ from __future__ import annotations
 import gradio as gr
 
 from diffdemo.tasks import SuperResolutionRequest, super_resolve
+from diffdemo.tasks.super_resolution import MAX_SAMPLES
 from diffdemo.ui.runner import Runner, uploaded_path
 
 EXPLANATION = """The **diffusion** result comes from the model set's dedicated ×4 upscaler (×2 = ×4 then Lanczos ÷2),
 or, without one, from the base model re-generating a Lanczos upscale at low strength. Large images are processed in
 overlapping tiles blended with linear ramps, so memory stays bounded; outputs are capped at 2048 px a side and
 4.2 MP. **Noise level** is how much noise is added to the low-res condition (more = more invented detail).
+**Samples averaged**: the result is the mean of several samples, each from its own noise; the mean estimates the
+posterior mean, the most faithful upscale on average (highest PSNR), at the price of invented detail. With
+**mirror**, half of them see your image mirrored (and are mirrored back), so the model's own errors partly cancel.
+Set 1 sample (and more steps) to see a single sharp sample.
 **Evaluate mode** treats your image as the high-res original: it is shrunk by the factor (bicubic), upscaled back by
 all three methods and each is scored (PSNR in dB, SSIM) against it. **Low-res consistency** (on by default) nudges
 the diffusion result until its bicubic downscale equals your input (back-projection): colours and shapes stay
@@ -25,8 +30,14 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
                              sources=("upload", "clipboard"))
             scale = gr.Radio([2, 4], value=4, label="Factor (×)")
             with gr.Row():
-                steps = gr.Slider(1, 100, value=20, step=1, label="Steps")
-                noise_level = gr.Slider(0, 350, value=20, step=1, label="Noise level (upscaler)")
+                steps = gr.Slider(1, 100, value=SuperResolutionRequest.steps, step=1, label="Steps")
+                noise_level = gr.Slider(0, 350, value=SuperResolutionRequest.noise_level, step=1,
+                                        label="Noise level (upscaler)")
+            with gr.Row():
+                samples = gr.Slider(1, MAX_SAMPLES, value=SuperResolutionRequest.samples, step=1,
+                                    label="Samples averaged")
+                mirror = gr.Checkbox(value=SuperResolutionRequest.mirror, label="Mirror half the samples",
+                                     info="a self-ensemble: errors of the two views partly cancel")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             evaluate = gr.Checkbox(value=False, label="Evaluate mode (my image is the high-res original)")
             consistency = gr.Checkbox(value=True, label="Low-res consistency (back-projection)",
@@ -42,7 +53,7 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
             table = gr.Markdown()
             with gr.Accordion("Metrics and settings (also stored in each PNG)", open=False):
                 metrics = gr.JSON(label="Metrics")
-    inputs = [image, scale, seed, steps, noise_level, evaluate, consistency]
+    inputs = [image, scale, seed, steps, noise_level, evaluate, consistency, samples, mirror]
     # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
     event = run_button.click(_super_resolve_handler(runner), inputs, [*outputs, metrics], api_name="super_resolve",
                              concurrency_id=gpu_group, preprocess=False)
@@ -52,11 +63,15 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
 
 
 def _super_resolve_handler(runner: Runner):
-    def super_resolve_image(image, scale: int = 4, seed: int = -1, steps: int = 20, noise_level: int = 20,
-                            evaluate: bool = False, consistency: bool = True, request: gr.Request = None,
-                            progress=gr.Progress()):
+    defaults = SuperResolutionRequest
+
+    def super_resolve_image(image, scale: int = defaults.scale, seed: int = defaults.seed, steps: int = defaults.steps,
+                            noise_level: int = defaults.noise_level, evaluate: bool = defaults.evaluate,
+                            consistency: bool = defaults.consistency, samples: int = defaults.samples,
+                            mirror: bool = defaults.mirror, request: gr.Request = None, progress=gr.Progress()):
         task_request = SuperResolutionRequest(image=uploaded_path(image), scale=scale, seed=seed, steps=steps,
-                                              noise_level=noise_level, evaluate=evaluate, consistency=consistency)
+                                              noise_level=noise_level, evaluate=evaluate, consistency=consistency,
+                                              samples=samples, mirror=mirror)
         result = runner.run(super_resolve, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)
 
