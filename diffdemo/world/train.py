@@ -57,7 +57,7 @@ class TrainConfig:
     upscaler_steps: int = 6456
     upscaler_batch: int = 64
     upscaler_pool: int = 60_000
-    upscaler_decoder_steps: int = 700  # about half an hour on a 2-core CPU
+    upscaler_decoder_steps: int = 1500  # about 55 minutes on a 2-core CPU
     upscaler_decoder_batch: int = 8
     upscaler_decoder_lr: float = 1e-4
     upscaler_decoder_warmup: int = 50  # a fine-tune: a short warm-up
@@ -306,8 +306,8 @@ def upscaler_pool(vae, stream: WorldStream, n: int, low: int):
 
 
 def train_upscaler_decoder(cfg: TrainConfig, out: Path, device) -> dict:
-    """Fine-tunes the upscaler VAE's decoder on what it will be given: latents the U-Net samples (DDIM, the
-    super-resolution tab's 20 steps and noise level 20) from the low-res images of a pool of scenes, paired with
+    """Fine-tunes the upscaler VAE's decoder on what it will be given: latents the U-Net samples (the
+    super-resolution task's default sampler) from the low-res images of a pool of scenes, paired with
     the true high-res images. The loss adds the decode after back-projection (the tab's default), so the decoder
     spends its capacity on the edges back-projection cannot restore. Encoder and U-Net stay as they are."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -357,8 +357,12 @@ def stream_triple(stream: WorldStream, n: int, low: int):
     return ((small.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1, x
 
 
-def upscaler_samples(unet, low_res_schedule, small, high, steps: int = 20, noise_level: int = 20):
-    """(low-res, the U-Net's final scaled latents, high-res): the super-resolution tab's sampler, batched."""
+def upscaler_samples(unet, low_res_schedule, small, high):
+    """(low-res, the U-Net's final scaled latents, high-res): one sample each with the super-resolution task's
+    default sampler (DDIM, its default steps and noise level), batched."""
+    from diffdemo.tasks.super_resolution import SuperResolutionRequest
+
+    steps, noise_level = SuperResolutionRequest.steps, SuperResolutionRequest.noise_level
     scheduler = models.latent_scheduler()
     scheduler.set_timesteps(steps, device=small.device)
     n = len(small)
