@@ -87,7 +87,8 @@ def upscaler_gain(pipeline, models, n: int = 40, seed: int = 4049) -> dict:
         small = original.resize((32, 32), Image.BICUBIC)
         out = pipeline(prompt="", image=small, num_inference_steps=20, guidance_scale=1.0, noise_level=20,
                        generator=torch.Generator().manual_seed(i)).images[0]
-        metrics = super_resolve(models, SuperResolutionRequest(image=original, seed=i, evaluate=True)).metadata["metrics"]
+        request = SuperResolutionRequest(image=original, seed=i, evaluate=True)
+        metrics = super_resolve(models, request).metadata["metrics"]
         rows.append([psnr(np.asarray(original), np.asarray(out))] +
                     [metrics[m]["psnr"] for m in ("diffusion", "bicubic", "lanczos")])
     pipe, task, bicubic, lanczos = np.array(rows).T
