@@ -123,7 +123,8 @@ def main(argv=None) -> None:
     parser.add_argument("--grid", type=Path, help="write a sample grid PNG here")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
-    models = load_models(str(args.dir / "model"), device="cpu")
+    upscaler = args.dir / "upscaler"
+    models = load_models(str(args.dir / "model"), upscaler=str(upscaler) if upscaler.exists() else None, device="cpu")
     results = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
                "samples": args.samples, "vae_psnr_db": vae_psnr(models.vae)}
     for name, held_out in (("seen", False), ("held_out", True)):
@@ -134,11 +135,10 @@ def main(argv=None) -> None:
         if args.grid and name == "seen":
             save_grid(images[:32], args.grid)
             results["grid_captions"] = [s.caption for s in scenes[:32]]
-    if (args.dir / "upscaler").exists():
-        pipeline = StableDiffusionUpscalePipeline.from_pretrained(args.dir / "upscaler", torch_dtype=torch.float32)
+    if models.upscaler is not None:
+        pipeline = StableDiffusionUpscalePipeline.from_pretrained(upscaler, torch_dtype=torch.float32)
         pipeline.set_progress_bar_config(disable=True)
-        with_upscaler = load_models(str(args.dir / "model"), upscaler=str(args.dir / "upscaler"), device="cpu")
-        results["upscaler_x4"] = upscaler_gain(pipeline, with_upscaler)
+        results["upscaler_x4"] = upscaler_gain(pipeline, models)
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
