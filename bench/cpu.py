@@ -169,8 +169,9 @@ def free_port() -> int:
 
 
 def http_call(http, api: str, data: list) -> list:
-    """One request through the app's plain HTTP API, as ``curl`` users make it (docs/API.md): POST the inputs,
-    read the event stream to its ``complete`` event, download the output files. ``http`` is an ``httpx.Client``."""
+    """One request through the app's plain HTTP API: POST every input in order to ``/gradio_api/call/<api>`` (the
+    positional form of docs/API.md's curl recipe), read the event stream to its ``complete`` event, download the
+    output files. ``http`` is an ``httpx.Client``."""
     import json
 
     event = http.post(f"gradio_api/call/{api}", json={"data": data}).raise_for_status().json()["event_id"]

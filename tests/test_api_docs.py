@@ -158,3 +158,43 @@ def test_mcp_tool_call_runs_the_task(mcp_app):
     assert image_url.startswith(url)
     image = httpx.get(image_url, timeout=30, trust_env=False)
     assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+
+def http_call(url: str, endpoint: str, parameters: dict) -> tuple[str, object]:
+    """The page's curl recipe in Python: POST named parameters, read the event stream to its last event."""
+    import json
+
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=120) as http:
+        event_id = http.post(f"gradio_api/call/v2/{endpoint}", json=parameters).raise_for_status().json()["event_id"]
+        kind = None
+        with http.stream("GET", f"gradio_api/call/{endpoint}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[len("event: "):]
+                elif line.startswith("data: ") and kind in ("complete", "error"):
+                    return kind, json.loads(line[len("data: "):])
+    raise AssertionError(f"{endpoint}: the event stream ended without a result")
+
+
+def test_plain_http_with_named_parameters(live_app, tmp_path):
+    """The "Without Python" recipe: only the main input, by name; image outputs are URLs; an image goes in as an
+    upload; errors come back as `event: error` with the page's one-sentence message."""
+    import httpx
+    from PIL import Image
+
+    kind, (gallery, metadata, _) = http_call(live_app.url, "text_to_image", {"prompt": "a small green circle"})
+    assert kind == "complete" and metadata["steps"] == 25 and metadata["prompt"] == "a small green circle"
+    picture = httpx.get(gallery[0]["image"]["url"])
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (16, 16), (40, 80, 220)).save(path)
+    with path.open("rb") as file:
+        uploaded = httpx.post(f"{live_app.url}gradio_api/upload", files={"files": file}).raise_for_status().json()
+    kind, outputs = http_call(live_app.url, "super_resolve", {"image": {"path": uploaded[0]}, "steps": 1})
+    assert kind == "complete" and outputs[-1]["size"] == "64x64"
+
+    kind, error = http_call(live_app.url, "text_to_image", {"prompt": ""})
+    assert kind == "error" and "prompt" in error["error"]
