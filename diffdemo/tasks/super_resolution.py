@@ -51,7 +51,7 @@ class SuperResolutionRequest:
     high-res original, downscale it by ``scale`` (bicubic), upscale back and score PSNR/SSIM against it.
     ``noise_level`` (upscaler) noises the low-res condition; ``strength`` (fallback) is how much to re-generate.
     ``samples`` (1–16) are averaged, half of them on the left-right mirrored input when ``mirror``; 1 gives one
-    sharp sample (raise ``steps`` then). The defaults (4 samples of 5 steps) take 1.1–1.5× one 20-step sample.
+    sharp sample (raise ``steps`` then). The defaults (4 samples of 5 steps) take 1.2–1.6× one 20-step sample.
     ``tile_size``/``tile_overlap`` are low-res pixels (rounded to the model's granularity); ``tile_size`` None
     means the size the model was trained at (32 px for the embedded upscaler), also the smallest allowed.
     """

@@ -45,7 +45,7 @@ class Runner:
         self._cancel: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self._blocks, self._last_sweep, self._cache_seen = None, 0.0, {}
+        self._blocks, self._last_sweep = None, 0.0
 
     @property
     def active(self) -> int:
@@ -122,7 +122,7 @@ class Runner:
         schedule = getattr(self._blocks, "delete_cache", None)
         if schedule and time.time() - self._last_sweep >= schedule[0]:
             self._last_sweep = time.time()
-            clean_gradio_cache(self._blocks, schedule[1], self._cache_seen)
+            clean_gradio_cache(self._blocks, schedule[1])
         folder = self.output_dir / uuid.uuid4().hex
         folder.mkdir(parents=True)
         # the file name comes from the task's own name, never from anything the user typed
@@ -145,21 +145,20 @@ class Runner:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def clean_gradio_cache(blocks, age: float, seen: dict | None = None) -> None:
+def clean_gradio_cache(blocks, age: float) -> None:
     """Deletes the files Gradio copied for ``blocks`` (results, uploads) that are older than ``age`` seconds, as
     ``gr.Blocks(delete_cache=...)`` does. Gradio's own scheduled clean-up (6.x) walks the live sets of files and
     stops for good the first time a request adds one meanwhile ("Set changed size during iteration"), after which
     the cache grows without bound; this walks snapshots instead.
 
-    ``seen`` (path -> the first sweep that saw it, kept by the caller between sweeps) protects a file that Gradio
-    found already cached by content hash: its ctime is old, but a request may have just handed it in."""
-    now, seen = time.time(), {} if seen is None else seen
+    A file's age is read from its ctime. Gradio touches a cached copy when it hands the same content out again, so
+    a reused copy counts as new (``tests/test_soak.py`` checks that this Gradio still does)."""
+    now = time.time()
     keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in list(blocks.blocks.values())))
     for files in list(blocks.temp_file_sets):
         for path in list(files):  # a snapshot: requests add files meanwhile
             try:
-                first_seen = seen.setdefault(path, now)
-                if path in keep or now - max(os.lstat(path).st_ctime, first_seen) < age:
+                if path in keep or now - os.lstat(path).st_ctime < age:
                     continue
                 os.remove(path)
                 os.rmdir(os.path.dirname(path))  # its folder (named by the file's hash) if now empty
@@ -167,7 +166,6 @@ def clean_gradio_cache(blocks, age: float, seen: dict | None = None) -> None:
                 pass
             if not os.path.exists(path):
                 files.discard(path)
-                seen.pop(path, None)
 
 
 def uploaded_path(payload):
