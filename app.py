@@ -61,16 +61,19 @@ def build_app(args: argparse.Namespace):
     from diffdemo.ui.launch import plan_launch
 
     from diffdemo.engine.fast import FastPath, warm_up
+    from diffdemo.engine.threads import model_thread
 
+    # loaded and compiled on the thread where the UI is built and runs every task: a second thread using torch
+    # would cost the CPU a second OpenMP pool, and every model call up to 2.5x its time (diffdemo/engine/threads.py)
     try:
         fast = FastPath.parse(args.fast) if args.fast else None
-        models = load_models(args.model, upscaler=args.upscaler, tiny_vae=args.tiny_vae, device=model_device(args.device, gpu),
-                             dtype=args.dtype, fast=fast)
+        models = model_thread().run(load_models, args.model, upscaler=args.upscaler, tiny_vae=args.tiny_vae,
+                                    device=model_device(args.device, gpu), dtype=args.dtype, fast=fast)
     except (ModelLoadError, ValueError) as error:
         sys.exit(f"diffdemo: {error}")
     print(f"diffdemo: {models.name} on {models.device} ({str(models.dtype).replace('torch.', '')})", flush=True)
     if fast is not None and fast.compile != "off":
-        seconds = warm_up(models, models.native_size, models.native_size)
+        seconds = model_thread().run(warm_up, models, models.native_size, models.native_size)
         print(f"diffdemo: compiled the U-Net in {seconds:.1f} s (--fast {args.fast})", flush=True)
     demo = build_demo(models)
     notice = licence_notice(models.name, embedded=args.model is None)
@@ -86,8 +89,9 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no analytics calls: works offline
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # no warnings about image processors we do not use
-    # before torch loads OpenMP: busy-waiting worker threads make every model many times slower on a shared CPU
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP keeps PyTorch's defaults, the fastest when the app has the machine to itself (2.2x faster than
+    # OMP_WAIT_POLICY=PASSIVE here); beside other busy programs PASSIVE or OMP_NUM_THREADS=1 is better: see
+    # "OpenMP settings" in docs/BENCHMARKS.md (python bench/openmp.py)
     demo, plan = build_app(args)
     from diffdemo.ui.app import MAX_FILE_SIZE
     from diffdemo.ui.launch import launch

@@ -27,7 +27,6 @@ import tempfile
 import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import common  # noqa: E402
 
@@ -82,6 +81,7 @@ def main() -> None:
 
     from cpu import GUIDANCE, PROMPT, SEED, free_port
     from diffdemo.engine import load_models
+    from diffdemo.engine.threads import model_thread
     from diffdemo.ui import runner
     from diffdemo.ui.app import build_demo, configure_queue
 
@@ -90,7 +90,7 @@ def main() -> None:
                                (blocks.Blocks, "postprocess_data", "postprocess"),
                                (runner.Runner, "run", "task"), (runner.Runner, "save_images", "save")):
         stamp(marks, owner, attr, label)
-    models = load_models(device="cpu")
+    models = model_thread().run(load_models, device="cpu")  # where the app's tasks run, as in app.py
     demo = configure_queue(build_demo(models, output_dir=tempfile.mkdtemp(prefix="bench-")))
     _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
     client = Client(url, verbose=False, ssl_verify=ssl.create_default_context())

@@ -11,7 +11,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waiting threads distort shared machines
 
 import argparse  # noqa: E402
 import math  # noqa: E402
@@ -26,6 +25,7 @@ import urllib.request  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+import openmp  # noqa: E402
 
 common.setup_paths()
 PROMPT = "a large red star on a blue background"
@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--step-cache", type=int, nargs="+", default=[2, 3], help="fast-mode intervals to measure")
     parser.add_argument("--scenes", type=int, default=8, help="prompts for the step-cache quality check")
     parser.add_argument("--startups", type=int, default=3, help="`python app.py` starts to time")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["profile", "latency", "quality", "app", "startup"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["profile", "latency", "quality", "app", "startup", "openmp"])
     parser.add_argument("--note", default="", help="a line printed under the machine description")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     return parser.parse_args(argv)
@@ -57,9 +58,11 @@ def psnr(a, b) -> float:
 def engine_call(models, steps: int, size: int, prompt: str = PROMPT, seed: int = SEED):
     from diffdemo.tasks import TextToImageRequest, text_to_image
 
+    from diffdemo.engine.threads import model_thread
+
     request = TextToImageRequest(prompt=prompt, steps=steps, guidance_scale=GUIDANCE, width=size, height=size,
                                  seed=seed)
-    return lambda: text_to_image(models, request).images[0]
+    return lambda: model_thread().run(text_to_image, models, request).images[0]
 
 
 def diffusers_call(pipe, steps: int, size: int):
@@ -297,23 +300,27 @@ def main(argv=None) -> None:
     import torch
 
     from diffdemo.engine import load_models
+    from diffdemo.engine.threads import model_thread
 
     info = common.machine({"benchmark": "python bench/cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     started = time.perf_counter()
-    models = load_models(device="cpu")
+    # all model work on the model thread, as in the app: a second thread using torch would slow every call
+    models = model_thread().run(load_models, device="cpu")
     load_seconds = time.perf_counter() - started
     parts = [f"## CPU: the embedded model ({models.native_size}² native, {str(models.dtype).replace('torch.', '')})",
              common.machine_lines(info)]
     if args.note:
         parts.append(f"\n> {args.note}")
-    parts.append(f"\nModel set loaded in {load_seconds:.1f} s. Threads: {torch.get_num_threads()}, OMP_WAIT_POLICY="
-                 f"{os.environ.get('OMP_WAIT_POLICY')}. Guidance {GUIDANCE}, DDIM, seed {SEED}, "
+    omp_env = ", ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith(("OMP_", "GOMP_")))
+    parts.append(f"\nModel set loaded in {load_seconds:.1f} s. Threads: {torch.get_num_threads()}; OpenMP: "
+                 f"{omp_env or 'PyTorch defaults, as python app.py runs'}. Guidance {GUIDANCE}, DDIM, seed {SEED}, "
                  f"{args.repeats} measured runs after {args.warmups} warm-up per variant.")
     for name, title, make in SECTIONS:
         if name in args.skip:
             continue
         print(f"[bench] {name} …", file=sys.stderr, flush=True)
-        table = make(models, args)
+        # the app section's clients wait for the app's runner, which needs the model thread free
+        table = make(models, args) if name == "app" else model_thread().run(make, models, args)
         parts += [f"\n### {title}\n", table]
     parts.append(f"\nPeak RSS of the benchmark process: {common.peak_rss_mb():.0f} MiB "
                  f"(engine, diffusers pipeline and app in one process).")
@@ -329,6 +336,7 @@ SECTIONS = [
     ("quality", "Step caching (fast mode): picture change vs the full U-Net, 25 steps, same seeds", quality),
     ("app", "App overhead: the whole web app vs a direct engine call", app_overhead),
     ("startup", "`python app.py`: start to ready, memory", lambda models, args: startup(args)),
+    ("openmp", "OpenMP settings: on an idle machine and beside a busy one", lambda models, args: openmp.table()),
 ]
 
 if __name__ == "__main__":

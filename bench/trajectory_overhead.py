@@ -14,14 +14,12 @@ and with the full VAE. Other rows: live previews at every step (fast linear map;
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: busy-waiting threads distort CPU timings
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 PROMPT = "a large red star on a blue background"

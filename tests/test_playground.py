@@ -8,7 +8,7 @@ import torch
 from diffdemo.tasks import InvalidRequest, PlaygroundCache, PlaygroundRequest, playground
 from diffdemo.tasks.playground import frame_image, frame_size, overview_image
 from diffdemo.tasks.playground.data import DATASETS, mean_distance, sample
-from diffdemo.tasks.playground.model import one_thread, train
+from diffdemo.tasks.playground.model import train
 from diffdemo.tasks.playground.run import Bounded
 
 QUICK = dict(iterations=30, steps=5, points=200)  # for tests about mechanics, not quality
@@ -112,16 +112,6 @@ def test_cache_is_bounded_and_reuses_models():
     assert again.extras["run"] is first.extras["run"]
     more = playground(None, PlaygroundRequest(**{**QUICK, "points": 100}), cache=cache)
     assert more.metadata["reused_model"] is True and more.extras["run"].reverse.shape[1] == 100
-
-
-def test_training_runs_on_one_thread_and_restores_the_setting():
-    before = torch.get_num_threads()
-    with one_thread():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-    with pytest.raises(RuntimeError), one_thread():
-        raise RuntimeError("a failure inside")
-    assert torch.get_num_threads() == before
 
 
 def test_mean_distance():

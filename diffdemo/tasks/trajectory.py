@@ -22,6 +22,7 @@ import torch
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, Step, StepCallback, combine_callbacks, make_scheduler
+from diffdemo.engine.threads import single_threaded_beside
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number
 from diffdemo.tasks.text_to_image import MAX_STEPS, TextToImageRequest, text_to_image
 from diffdemo.tasks.text_to_image import validate as validate_text_to_image
@@ -276,6 +277,7 @@ def epsilon_image(eps: torch.Tensor, scale: int):
     return tensor_to_pil(torch.nn.functional.interpolate(rgb, scale_factor=scale, mode="nearest"))[0]
 
 
+@single_threaded_beside  # scrubbing calls it from the server's threads, maybe while a job runs
 def frame(run: TrajectoryRun, index: int, view: str = "x0"):
     """The image of kept step ``index`` (0..K−1) for ``view`` in x_t / x0 / eps, decoded from the kept latents
     only (no model call but the VAE, none at all in fast mode) and cached."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from diffdemo.engine.threads import model_thread
 from diffdemo.ui.branch_section import build_branch_section
 from diffdemo.ui.compare_tab import build_compare_tab
 from diffdemo.ui.denoise_tab import build_denoise_tab
@@ -26,7 +27,14 @@ EMBEDDED_LINE = ("The built-in model was trained from scratch on a world of colo
 
 
 def build_demo(models, output_dir=None) -> gr.Blocks:
-    """The whole app for ``models`` (a loaded ``ModelSet``). Call ``.queue()``/``.launch()`` on the result."""
+    """The whole app for ``models`` (a loaded ``ModelSet``). Call ``.queue()``/``.launch()`` on the result.
+
+    Built on the model thread, where the runner also runs every task: the tabs draw their examples with torch, and
+    a second thread using torch would slow every model call on a CPU (see :mod:`diffdemo.engine.threads`)."""
+    return model_thread().run(_build_demo, models, output_dir)
+
+
+def _build_demo(models, output_dir) -> gr.Blocks:
     runner = Runner(models, output_dir)
     embedded = "embedded" in models.name
     model_line = EMBEDDED_LINE if embedded else f"Model: `{models.name}`."

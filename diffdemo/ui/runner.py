@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
 from diffdemo.tasks.common import free_memory, is_out_of_memory
 
@@ -34,7 +35,9 @@ class Runner:
 
     Diffusers modules are not thread-safe, so tasks run one at a time whichever tab started them (Gradio's shared
     concurrency group already queues them; the lock also covers work that outlives its event, such as a run
-    finishing its last step after Stop). ``output_ttl`` (seconds) and ``max_outputs`` bound the result folders.
+    finishing its last step after Stop). Tasks and the decoding of their results run on the process's model
+    thread, whichever server thread asked (:mod:`diffdemo.engine.threads` says why). ``output_ttl`` (seconds) and
+    ``max_outputs`` bound the result folders.
     """
 
     def __init__(self, models, output_dir: str | Path | None = None):
@@ -102,7 +105,7 @@ class Runner:
         if event.is_set():  # stopped while waiting for the model
             raise Cancelled()
         try:
-            return task(self.models, task_request, on_step)
+            return model_thread().run(task, self.models, task_request, on_step)
         except Exception as error:
             if not is_out_of_memory(error):
                 raise
@@ -117,7 +120,12 @@ class Runner:
         self._blocks = blocks
 
     def save_images(self, result) -> list[str]:
-        """Writes the result's images as PNG files (with metadata chunks) and returns their paths."""
+        """Writes the result's images as PNG files (with metadata chunks) and returns their paths. On the model
+        thread: a trajectory's frames are decoded only now. A model event holds its queue slot until it returns, so
+        this waits for no other job."""
+        return model_thread().run(self._save_images, result)
+
+    def _save_images(self, result) -> list[str]:
         self._clean_old_outputs()
         schedule = getattr(self._blocks, "delete_cache", None)
         if schedule and time.time() - self._last_sweep >= schedule[0]:

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import gradio as gr
 
+from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS
 from diffdemo.tasks.trajectory import DECODE_MODES, TrajectoryRequest, describe_step, frame, preview, trajectory
 from diffdemo.tasks.trajectory_export import export_run
@@ -143,7 +144,12 @@ def _trajectory_handler(runner: Runner, store: RunStore):
 
 
 def _export(runner: Runner, result) -> tuple:
-    """Gallery (path, caption) pairs, the x̂₀ GIF, the contact sheet and the download list of a finished run."""
+    """Gallery (path, caption) pairs, the x̂₀ GIF, the contact sheet and the download list of a finished run,
+    made on the model thread, which decodes the frames."""
+    return model_thread().run(_write_exports, runner, result)
+
+
+def _write_exports(runner: Runner, result) -> tuple:
     run = result.extras["run"]
     paths = runner.save_images(result)  # decodes every kept x̂₀ frame (cached on the run)
     folder = runner.output_dir / uuid.uuid4().hex

@@ -6,7 +6,6 @@ steps of 512 points take a few seconds on one CPU core.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from diffdemo.engine.threads import one_thread
 from diffdemo.tasks.playground.data import sample
 
 # The cosine schedule (Nichol & Dhariwal 2021) spreads the destruction of structure over the whole chain (with
@@ -26,19 +26,6 @@ BATCH = 512
 LEARNING_RATE = 5e-3
 EMBEDDING = 32  # sinusoidal features of t
 HIDDEN = 96  # width 128 is ~25 % closer to the data but nearly twice as slow on one CPU core
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Runs the block with one intra-op thread (restored afterwards). A 96-wide MLP on 512 points is too small to
-    split: two threads are no faster on an idle two-core machine and several times slower when the other core is
-    busy (the threads wait for each other at every operation); the other core stays free for the web server."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def noise_scheduler():
@@ -99,6 +86,8 @@ def train(dataset: str, seed: int, iterations: int) -> TrainedModel:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=LEARNING_RATE, total_steps=iterations,
                                                    pct_start=0.1)
     losses = []
+    # a 96-wide MLP on 512 points is too small to split: two threads are no faster on an idle two-core machine
+    # and several times slower when the other core is busy (they wait for each other at every operation)
     with one_thread():
         for _ in range(iterations):
             x0 = sample(dataset, BATCH, generator)

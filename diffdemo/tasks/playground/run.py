@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from diffdemo.engine.sampling import StepCallback, combine_callbacks, denoise_loop, make_scheduler
+from diffdemo.engine.threads import one_thread
 from diffdemo.tasks.common import TaskResult, as_number, check_choice, library_versions, resolve_seed
 from diffdemo.tasks.playground import model as point_model
 from diffdemo.tasks.playground.data import DATASETS, DEFAULT_DATASET, LIMIT, REFERENCE_POINTS, mean_distance, sample
@@ -128,7 +129,7 @@ def playground(models, request: PlaygroundRequest, callback: StepCallback | None
     cache = cache or PlaygroundCache()
     run = held = cache.runs.get(request)
     if run is None:
-        with point_model.one_thread():
+        with one_thread():
             trained, reused = cache.trained(request.dataset, request.seed, request.iterations)
             run = record_run(trained, request, callback)
             run.metadata = describe(request, trained, reused, run)
