@@ -94,7 +94,8 @@ def machine(extra: dict | None = None) -> dict:
     import torch
 
     info = {"date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "cpu": f"{cpu_model()} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads)",
+            "cpu": f"{cpu_model()} ({os.cpu_count()} cores, torch uses {torch.get_num_threads()} threads, "
+                   f"{torch.backends.cpu.get_cpu_capability()} kernels)",
             "memory": _memory(), "python": platform.python_version(), "torch": torch.__version__}
     for name in ("diffusers", "transformers", "accelerate", "gradio"):
         info[name] = _version(name)
