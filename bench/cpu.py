@@ -56,9 +56,8 @@ def psnr(a, b) -> float:
 
 
 def engine_call(models, steps: int, size: int, prompt: str = PROMPT, seed: int = SEED):
-    from diffdemo.tasks import TextToImageRequest, text_to_image
-
     from diffdemo.engine.threads import model_thread
+    from diffdemo.tasks import TextToImageRequest, text_to_image
 
     request = TextToImageRequest(prompt=prompt, steps=steps, guidance_scale=GUIDANCE, width=size, height=size,
                                  seed=seed)
