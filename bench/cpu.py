@@ -170,13 +170,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_call(http, api: str, data: list) -> list:
+def http_call(http, api: str, data: list, session: str | None = None) -> list:
     """One request through the app's plain HTTP API: POST every input in order to ``/gradio_api/call/<api>`` (the
     positional form of docs/API.md's curl recipe), read the event stream to its ``complete`` event, download the
-    output files. ``http`` is an ``httpx.Client``."""
+    output files. ``http`` is an ``httpx.Client``. Without ``session`` Gradio makes a new session for the call."""
     import json
 
-    event = http.post(f"gradio_api/call/{api}", json={"data": data}).raise_for_status().json()["event_id"]
+    body = {"data": data, **({"session_hash": session} if session else {})}
+    event = http.post(f"gradio_api/call/{api}", json=body).raise_for_status().json()["event_id"]
     kind, output = None, None
     with http.stream("GET", f"gradio_api/call/{api}/{event}") as stream:
         for line in stream.iter_lines():
@@ -199,7 +200,8 @@ def app_overhead(models, args) -> str:
       makes, and a round trip makes three (submit, event stream, result download), plain HTTP included.
     * gradio_client given one shared SSL context (``ssl_verify=ssl.create_default_context()``).
     * the plain HTTP API through one ``httpx.Client`` (:func:`http_call`): the app's own cost, without
-      gradio_client's, which checks its queue of received messages every 50 ms.
+      gradio_client's, which checks its queue of received messages every 50 ms; once with a new Gradio session per
+      call (building one costs this app about 27 ms), once reusing one (``session_hash``), as gradio_client does.
     """
     import ssl
 
@@ -223,12 +225,14 @@ def app_overhead(models, args) -> str:
                 {"engine": engine_call(models, steps, size),
                  "app": lambda r=request: plain.predict(**r, api_name="/text_to_image"),
                  "app_ssl": lambda r=request: shared.predict(**r, api_name="/text_to_image"),
-                 "app_http": lambda d=positional: http_call(http, "text_to_image", d)},
+                 "app_http": lambda d=positional: http_call(http, "text_to_image", d),
+                 "app_http_session": lambda d=positional: http_call(http, "text_to_image", d, "bench")},
                 args.repeats, args.warmups)
     finally:
         demo.close()
     labels = (("app", "gradio_client, default"), ("app_ssl", "gradio_client with a shared SSL context"),
-              ("app_http", "HTTP API (httpx, one connection)"))
+              ("app_http", "HTTP API (httpx, one connection)"),
+              ("app_http_session", "HTTP API, one session (session_hash)"))
     rows = []
     for steps, t in timings.items():
         direct = t["engine"].median
@@ -246,7 +250,7 @@ def app_overhead(models, args) -> str:
                                    "spread direct / app (s)"], rows)
     return (f"{table}\n\nTarget: app overhead ≤ 5% — through gradio_client with a shared SSL context "
             f"{verdict('app_ssl')}, with the default client {verdict('app')}; through the plain HTTP API "
-            f"{verdict('app_http')}.")
+            f"{verdict('app_http')}, reusing one session {verdict('app_http_session')}.")
 
 
 def startup(args) -> str:

@@ -198,3 +198,24 @@ def test_plain_http_with_named_parameters(live_app, tmp_path):
 
     kind, error = http_call(live_app.url, "text_to_image", {"prompt": ""})
     assert kind == "error" and "prompt" in error["error"]
+
+
+def test_plain_http_calls_can_keep_one_gradio_session(live_app):
+    """The "Many calls over plain HTTP" tip: the positional route takes a ``session_hash``, and Gradio then keeps
+    one session for every call that names it instead of building one per call."""
+    import json
+
+    import httpx
+
+    state_holder = live_app.demo.server_app.state_holder
+    inputs = ["a small green circle", "", "DDIM", 2, 5.0, 128, 128, 3, 1]  # every input, in the page's order
+    with httpx.Client(base_url=live_app.url, timeout=120) as http:
+        for _ in range(2):
+            body = {"data": inputs, "session_hash": "docs-session"}
+            event_id = http.post("gradio_api/call/text_to_image", json=body).raise_for_status().json()["event_id"]
+            with http.stream("GET", f"gradio_api/call/text_to_image/{event_id}") as stream:
+                lines = list(stream.iter_lines())
+            assert "event: complete" in lines, lines[-3:]
+            metadata = json.loads(lines[lines.index("event: complete") + 1][len("data: "):])[1]
+            assert metadata["steps"] == 2 and metadata["seed"] == 3
+    assert "docs-session" in state_holder
