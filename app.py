@@ -44,9 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
                         help="default: float16 on CUDA, float32 elsewhere")
     parser.add_argument("--fast", default=os.environ.get("DIFFDEMO_FAST"), metavar="SPEC",
-                        help="opt-in speed-ups, e.g. exact (channels-last, fused attention projections, tiled VAE), "
-                             "compiled, static, or exact,step_cache=2 (DeepCache-style, slightly different "
-                             "pictures); see docs/BENCHMARKS.md (env DIFFDEMO_FAST)")
+                        help="opt-in speed-ups, e.g. exact (channels-last, fused attention projections), "
+                             "compiled, static, exact,step_cache=2 (DeepCache-style, slightly different "
+                             "pictures) or exact,vae_tiling (bounded memory for large outputs); see "
+                             "docs/BENCHMARKS.md (env DIFFDEMO_FAST)")
     return parser.parse_args(argv)
 
 

@@ -140,7 +140,10 @@ def _accuracy(images, scenes, judge, score) -> str:
 
 
 def profile(models, args) -> str:
-    """Where a 25-step native-size text-to-image goes: U-Net forwards (CFG batch of 2), VAE decode, text encoder."""
+    """Where a 25-step native-size text-to-image goes: U-Net forwards (CFG batch of 2), VAE decode, text encoder;
+    and the same U-Net and VAE calls on channels-last copies (the fast path's ``channels_last``)."""
+    import copy
+
     import torch
 
     from diffdemo.engine.images import decode_latents
@@ -150,18 +153,26 @@ def profile(models, args) -> str:
     latents = torch.randn(2, models.unet.config.in_channels, side, side)
     prompt = encode_prompt(models, PROMPT)
     text = torch.cat([prompt.uncond, prompt.cond])
+    unet_nhwc, vae_nhwc = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (models.unet, models.vae))
     with torch.inference_mode():
         t = common.interleaved({"unet": lambda: models.unet(latents, torch.tensor(500), encoder_hidden_states=text),
+                                "unet_nhwc": lambda: unet_nhwc(latents, torch.tensor(500), encoder_hidden_states=text),
                                 "vae": lambda: decode_latents(models.vae, latents[:1]),
+                                "vae_nhwc": lambda: decode_latents(vae_nhwc, latents[:1]),
                                 "text": lambda: encode_prompt(models, PROMPT)}, max(3, args.repeats), args.warmups)
     total = 25 * t["unet"].median + t["vae"].median + t["text"].median
-    rows = [["U-Net forward (batch 2: CFG)", common.ms(t["unet"].median), f"× 25 = {common.ms(25 * t['unet'].median)}",
-             f"{25 * t['unet'].median / total:.0%}"],
-            ["VAE decode", common.ms(t["vae"].median), "× 1", f"{t['vae'].median / total:.0%}"],
-            ["text encoder (prompt + negative)", common.ms(t["text"].median), "× 1",
+
+    def nhwc(key: str) -> str:
+        return f"{common.ms(t[key + '_nhwc'].median)} ({t[key].median / t[key + '_nhwc'].median:.2f}×)"
+
+    rows = [["U-Net forward (batch 2: CFG)", common.ms(t["unet"].median), nhwc("unet"),
+             f"× 25 = {common.ms(25 * t['unet'].median)}", f"{25 * t['unet'].median / total:.0%}"],
+            ["VAE decode", common.ms(t["vae"].median), nhwc("vae"), "× 1", f"{t['vae'].median / total:.0%}"],
+            ["text encoder (prompt + negative)", common.ms(t["text"].median), "–", "× 1",
              f"{t['text'].median / total:.0%}"],
-            ["sum", "", common.ms(total), "100%"]]
-    return common.markdown_table(["part", "one call", "per 25-step image", "share"], rows)
+            ["sum", "", "", common.ms(total), "100%"]]
+    return common.markdown_table(["part", "one call", "one call, channels-last (speed-up)", "per 25-step image",
+                                  "share"], rows)
 
 
 def free_port() -> int:

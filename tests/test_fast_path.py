@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from diffdemo.engine import load_models
-from diffdemo.engine.fast import (FastPath, StepCachedUNet, apply_fast_path, compile_settings, throttled,
-                                  warm_up)
+from diffdemo.engine.fast import (MIN_VAE_TILE, FastPath, StepCachedUNet, apply_fast_path, compile_settings,
+                                  throttled, warm_up)
 from diffdemo.engine.sampling import Step, make_scheduler
 from diffdemo.tasks import TextToImageRequest, text_to_image
 
@@ -77,12 +77,22 @@ def test_fused_qkv_is_applied_once(tiny_model_dir):
     assert {id(m.to_qkv) for m in models.unet.modules() if hasattr(m, "to_qkv")} == before
 
 
-def test_vae_tiling_only_changes_large_outputs(tiny_model_dir, tiny_models, plain):
+def test_vae_tiling_only_tiles_outputs_wider_than_the_minimum_tile(tiny_model_dir, tiny_models, plain,
+                                                                  monkeypatch):
     models = fresh(tiny_model_dir, vae_tiling=True, vae_slicing=True)
     assert models.vae.use_tiling and models.vae.use_slicing
+    assert models.vae.tile_sample_min_size == MIN_VAE_TILE and models.vae.tile_latent_min_size == MIN_VAE_TILE // 8
+    tiled = []
+    monkeypatch.setattr(models.vae, "tiled_decode",
+                        lambda *a, _decode=models.vae.tiled_decode, **k: tiled.append(1) or _decode(*a, **k))
     assert np.array_equal(pixels(generate(models)), pixels(plain))  # at the VAE's own size: no tiles
-    big = generate(models, width=160, height=128)
-    assert big.images[0].size == (160, 128)
+    # above the tiny VAE's 64-px sample size but below the minimum tile: decoded whole, so nothing changes
+    # (64-px tiles of flat colour would each normalise to their own statistics and blotch)
+    medium = dict(width=160, height=128)
+    assert np.array_equal(pixels(generate(models, **medium)), pixels(generate(tiny_models, **medium)))
+    assert not tiled
+    wide = generate(models, width=MIN_VAE_TILE + 64, height=64)
+    assert wide.images[0].size == (MIN_VAE_TILE + 64, 64) and tiled == [1]
 
 
 def test_step_cache_full_call_is_the_unet(tiny_models):
@@ -147,8 +157,8 @@ def test_step_cache_rejects_other_models(embedded_models):
 
 def test_parse_presets_and_items():
     assert FastPath.parse("") == FastPath()
-    assert FastPath.parse("exact,step_cache=2") == FastPath(channels_last=True, fuse_qkv=True, vae_tiling=True,
-                                                             step_cache=2)
+    assert FastPath.parse("exact,step_cache=2") == FastPath(channels_last=True, fuse_qkv=True, step_cache=2)
+    assert FastPath.parse("exact,vae_tiling").vae_tiling and not FastPath.parse("static").vae_tiling
     assert FastPath.parse("static").compile == "max-autotune" and FastPath.parse("static").static_shapes
     assert FastPath.parse("exact, channels-last=off").channels_last is False
     with pytest.raises(ValueError, match="Unknown fast-path option 'turbo'"):
