@@ -193,3 +193,25 @@ def test_throttled_previews_keep_the_last_step():
     for index in range(5):
         callback(Step(index=index, total=5, timestep=0, sigma=0.0, alpha_bar=1.0, latents=None, x0_pred=None))
     assert seen == [0, 4]
+
+
+@pytest.mark.parametrize("sampler", ["DDIM", "Euler"])
+def test_a_request_after_warm_up_needs_no_new_graph(tiny_model_dir, sampler):
+    """warm_up exists to pay torch.compile before the first request; a compiled graph guards on the kind and the
+    strides of every input tensor, so warm-up and every task must hand the U-Net the same kinds of tensors."""
+    import torch._dynamo
+
+    from diffdemo.tasks import InpaintRequest, inpaint
+
+    models = fresh(tiny_model_dir)
+    torch._dynamo.reset()
+    models.unet.compile(backend="eager")  # dynamo's guards and recompiles without inductor's code generation
+    try:
+        warm_up(models, 64, 64)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            generate(models, sampler=sampler)
+            generate(models, sampler=sampler, negative_prompt="blue")
+            image, mask = np.full((64, 64, 3), 128, np.uint8), np.full((64, 64), 255, np.uint8)
+            inpaint(models, InpaintRequest(image=image, mask=mask, prompt=PROMPT, steps=2, sampler=sampler, seed=1))
+    finally:
+        torch._dynamo.reset()

@@ -108,6 +108,21 @@ def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torc
     return latents
 
 
+def as_model_input(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` as every U-Net input is handed over: an inference tensor in the default (contiguous) layout;
+    itself if it is one already, else a copy made in inference mode.
+
+    A compiled U-Net guards on each input's kind and strides. Tasks make their tensors inside or outside
+    ``torch.inference_mode()`` (the first step's latents, the timesteps, the prompt), and inpainting's blend can
+    return channels-last latents, so without this a warmed-up graph would compile again for a task's first
+    request.
+    """
+    if tensor is None or (tensor.is_inference() and tensor.is_contiguous()):
+        return tensor
+    with torch.inference_mode():
+        return tensor.clone(memory_format=torch.contiguous_format)
+
+
 def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float, *, extra_channels=None,
            class_labels=None, guidance_rescale: float = 0.0):
     """A ``predict`` for conditional U-Nets with classifier-free guidance (Ho & Salimans 2022).
@@ -117,9 +132,9 @@ def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale
     ``guidance_rescale`` (Lin et al. 2024) pulls the guided output's std back towards the conditional one.
     """
     use_cfg = uncond is not None and guidance_scale > 1.0
-    embeddings = torch.cat([uncond, cond]) if use_cfg else cond
-    labels = torch.cat([class_labels, class_labels]) if use_cfg and class_labels is not None else class_labels
-    extra = torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels
+    embeddings = as_model_input(torch.cat([uncond, cond]) if use_cfg else cond)
+    labels = as_model_input(torch.cat([class_labels] * 2) if use_cfg and class_labels is not None else class_labels)
+    extra = as_model_input(torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels)
 
     model = unet.new_run() if hasattr(unet, "new_run") else unet  # step caching keeps per-run state (fast.py)
 
@@ -127,7 +142,10 @@ def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale
         model_input = torch.cat([x, x]) if use_cfg else x
         if extra is not None:
             model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
-        out = model(model_input, t, encoder_hidden_states=embeddings, class_labels=labels).sample
+        # timesteps as float32 whatever the sampler (DDIM's are integers, Euler's floats): one graph for all;
+        # the U-Net's time embedding computes in float32 either way, so the output is the same
+        out = model(as_model_input(model_input), as_model_input(t.float()), encoder_hidden_states=embeddings,
+                    class_labels=labels).sample
         if not use_cfg:
             return out
         out_uncond, out_cond = out.chunk(2)
