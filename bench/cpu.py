@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scenes", type=int, default=8, help="prompts for the step-cache quality check")
     parser.add_argument("--startups", type=int, default=3, help="`python app.py` starts to time")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["profile", "latency", "quality", "app", "startup", "openmp"])
+                        choices=[name for name, _, _ in SECTIONS])
     parser.add_argument("--note", default="", help="a line printed under the machine description")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone")
     return parser.parse_args(argv)
@@ -55,12 +55,12 @@ def psnr(a, b) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
-def engine_call(models, steps: int, size: int, prompt: str = PROMPT, seed: int = SEED):
+def engine_call(models, steps: int, size: int, prompt: str = PROMPT, seed: int = SEED, width: int | None = None):
     from diffdemo.engine.threads import model_thread
     from diffdemo.tasks import TextToImageRequest, text_to_image
 
-    request = TextToImageRequest(prompt=prompt, steps=steps, guidance_scale=GUIDANCE, width=size, height=size,
-                                 seed=seed)
+    request = TextToImageRequest(prompt=prompt, steps=steps, guidance_scale=GUIDANCE, width=width or size,
+                                 height=size, seed=seed)
     return lambda: model_thread().run(text_to_image, models, request).images[0]
 
 
@@ -103,6 +103,45 @@ def latency(models, args) -> str:
                  f"{'met' if seconds <= 1 else 'missed'}"
                  + "".join(f"; with step cache {n}: {common.ms(native[f'cache{n}'].median)}" for n in cached) + ".")
     return text
+
+
+def compiled(models, args) -> str:
+    """torch.compile on the CPU: the fast path's ``compiled`` preset on copies of the U-Net and VAE, against the
+    plain engine. The compile starts from an empty inductor cache (what a fresh machine pays); then the first
+    request after ``warm_up``, interleaved 25-step medians, and a new size (which compiles once more, with dynamic
+    shapes, and then covers other sizes)."""
+    import copy
+    import dataclasses
+    import os
+
+    import torch
+
+    from diffdemo.engine.fast import FastPath, apply_fast_path, warm_up
+
+    size, steps = models.native_size, 25
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-inductor-")
+    torch._dynamo.reset()
+    fast = apply_fast_path(dataclasses.replace(models, unet=copy.deepcopy(models.unet), vae=copy.deepcopy(models.vae)),
+                           FastPath.parse("compiled"))
+    compile_seconds = warm_up(fast, size, size)
+    first = common.Timing()
+    common.timed(engine_call(fast, steps, size), first)
+    t = common.interleaved({"engine": engine_call(models, steps, size), "compiled": engine_call(fast, steps, size)},
+                           args.repeats, args.warmups)
+    same = psnr(engine_call(models, steps, size)(), engine_call(fast, steps, size)())
+    wide, new_size = size + size // 2, common.Timing()
+    for _ in range(2):  # the first call compiles again, the second runs the graph
+        common.timed(engine_call(fast, steps, size, width=wide), new_size)
+    torch._dynamo.reset()
+    speed = t["engine"].median / t["compiled"].median
+    rows = [[f"{size}², {steps} steps", f"{compile_seconds:.0f} s", common.ms(first.runs[0]),
+             common.ms(t["engine"].median), common.ms(t["compiled"].median), f"{speed:.2f}×", _db(same),
+             f"{new_size.runs[0]:.0f} s, then {common.ms(new_size.runs[1])}",
+             f"{t['engine'].spread} / {t['compiled'].spread}"]]
+    return common.markdown_table(["request", "compile (warm_up, empty cache)", "first request after warm-up",
+                                  "engine", "compiled", "speed-up", "same picture (PSNR)",
+                                  f"a new size ({wide}×{size}): first, second", "spread engine / compiled (s)"],
+                                 rows)
 
 
 def _db(value: float) -> str:
@@ -348,6 +387,7 @@ SECTIONS = [
     ("profile", "Where the time goes: one 25-step image at the native size", profile),
     ("latency", "Text to image, latency: our engine vs bare diffusers on the same modules", latency),
     ("quality", "Step caching (fast mode): picture change vs the full U-Net, 25 steps, same seeds", quality),
+    ("compile", "torch.compile on the CPU: the `compiled` preset vs the plain engine", compiled),
     ("app", "App overhead: the whole web app vs a direct engine call", app_overhead),
     ("startup", "`python app.py`: start to ready, memory", lambda models, args: startup(args)),
     ("openmp", "OpenMP settings: on an idle machine and beside a busy one", lambda models, args: openmp.table()),
