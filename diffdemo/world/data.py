@@ -1,0 +1,259 @@
+"""Real images for training, fetched from Debian packages: ``python -m diffdemo.world.data fetch [--out DIR]``.
+
+The shape world alone teaches the models nothing about photographs, so training mixes it with freely licensed
+pictures that Debian ships as desktop wallpapers. ``fetch`` runs ``apt-get download`` and ``dpkg-deb -x`` for
+each package in :data:`PACKAGES` (no model hub, no web scraping), keeps the files listed here, stores them as
+JPEGs of at most :data:`MAX_SIDE` pixels a side under ``DIR/images/<package>/`` with each package's
+``copyright`` file under ``DIR/licences/``, and writes ``DIR/manifest.json``. Nothing fetched is committed.
+
+Splits: ``photo`` (real photographs, for training), ``held_out`` (real photographs never trained or tuned on,
+for measuring) and ``art`` (paintings, renders and abstract wallpapers, mixed in for variety). Images that ship
+inside Python packages (scikit-image's ``skimage.data`` photos) are never trained on either: they are the public
+evaluation set (:func:`public_photos`), standing in for the photo a visitor uploads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_SIDE = 1600  # stored size; random crops are taken at several scales below this
+
+
+@dataclass(frozen=True)
+class Package:
+    """A Debian package and the files kept from it (paths relative to its root), by split."""
+
+    licence: str
+    photo: tuple[str, ...] = ()
+    held_out: tuple[str, ...] = ()
+    art: tuple[str, ...] = ()
+
+
+_LOMIRI = "usr/share/backgrounds/"
+_MATE = "usr/share/backgrounds/mate/"
+_GNOME = "usr/share/backgrounds/gnome/"
+_UKUI = "usr/share/backgrounds/"
+
+
+def _plasma(*names: str, file: str = "1280x1024.jpg") -> tuple[str, ...]:
+    return tuple(f"usr/share/wallpapers/{name}/contents/images/{file}" for name in names)
+
+
+PACKAGES: dict[str, Package] = {
+    "lomiri-wallpapers-16.04": Package(
+        licence="CC-BY-4.0 / CC-BY-SA-4.0 (per file, see its copyright file)",
+        photo=tuple(_LOMIRI + f for f in (
+            "Bridge_by_Sander_Klootwijk.jpg", "Dragonfly_by_Bolly.jpg", "Picture_0B_by_freespace.jpg",
+            "Picture_1A_by_freespace.jpg", "aitzgorri_by_Aitzol_Berasategi.jpg", "analogpattern_by_Peter_Nerlich.jpg",
+            "free_by_Peter_Nerlich.jpg", "greentock_by_Peter_Nerlich.jpg", "life_by_Aitzol_Berasategi.jpg",
+            "picosdeeuropa_by_Aitzol_Berasategi.jpg", "seeding_by_Clements_Engelhardt.jpg",
+            "sunset_by_Aitzol_Berasategi.jpg")),
+        held_out=(_LOMIRI + "friends_by_Aitzol_Berasategi.jpg", _LOMIRI + "Wine_by_Jakkub_Mede.jpg"),
+        art=(_LOMIRI + "umang_by_Abhishek_Mudgal.jpg",)),
+    "lomiri-wallpapers-20.04": Package(
+        licence="CC-BY-SA-4.0 (per file, see its copyright file)",
+        held_out=(_LOMIRI + "Kleiber_by_Lukas_Baubkus.jpg",),
+        art=tuple(_LOMIRI + f for f in ("Fossa_by_Jasper_Roks.jpg", "Infinite-Sea_by_Aury88.jpg",
+                                        "Painting-Colors_by__herobrine7gamer.jpg"))),
+    "mate-backgrounds": Package(
+        licence="GPL-2+",
+        photo=tuple(_MATE + "nature/" + f for f in (
+            "Aqua.jpg", "Blinds.jpg", "Dune.jpg", "FreshFlower.jpg", "Garden.jpg", "GreenMeadow.jpg", "RainDrops.jpg",
+            "Storm.jpg", "TwoWings.jpg", "Wood.jpg", "YellowFlower.jpg")),
+        held_out=(_MATE + "nature/LadyBird.jpg",),
+        art=(_MATE + "abstract/Elephants.jpg", _MATE + "abstract/Flow.png", _MATE + "abstract/Gulp.png",
+             _MATE + "desktop/Float-into-MATE.png", _MATE + "desktop/MATE-Stripes-Light.png",
+             _MATE + "desktop/Ubuntu-Mate-Cold-no-logo.png")),
+    "plasma-workspace-wallpapers": Package(
+        licence="GPL-2+",
+        photo=_plasma("BytheWater", "ColdRipple", "DarkestHour", "FallenLeaf", "Grey", "Kite", "OneStandsOut",
+                      "Path", "summer_1am") + _plasma("Volna", file="5120x2880.jpg"),
+        held_out=_plasma("EveningGlow"),
+        art=_plasma("Autumn") + _plasma("ColorfulCups", file="2560x1600.jpg")
+        + _plasma("Altai", "Kay", "MilkyWay", "Patak", file="5120x2880.png")
+        + _plasma("Canopee", "Cascade", "Cluster", "Kokkini", "Opal", file="3840x2160.png")
+        + _plasma("Flow", "Honeywave", "SafeLanding", "Shell", file="5120x2880.jpg")
+        + _plasma("PastelHills") + _plasma("FlyingKonqui", file="1280x1024.png")),
+    "gnome-backgrounds": Package(
+        licence="CC-BY-SA-3.0 (see its copyright file)",
+        art=tuple(_GNOME + f for f in ("adwaita-l.webp", "grid-l.webp", "licorice-l.webp", "pixels-l.webp",
+                                       "symbolic-d.webp", "truchet-d.webp", "wood-l.webp"))),
+    "ukui-wallpapers": Package(
+        licence="CC-BY-SA-3.0",
+        art=tuple(_UKUI + f for f in ("2004default.jpg", "calla.png", "city.png", "desert.png", "firstgeneration.jpg",
+                                      "fluent-color.png", "goldfish.png", "rhythm.jpg", "rollpaper.png", "string.jpg",
+                                      "the-mouse.jpg"))),
+}
+SPLITS = ("photo", "held_out", "art")
+
+
+def default_dir() -> Path:
+    """``$DIFFDEMO_DATA``, else ``~/.cache/diffdemo/data``."""
+    return Path(os.environ.get("DIFFDEMO_DATA") or Path.home() / ".cache" / "diffdemo" / "data")
+
+
+def fetch(out: Path | None = None, packages=None) -> dict:
+    """Downloads and extracts each package, keeps the listed files (resized) and licences; returns the manifest.
+
+    Packages already stored are skipped, so running it again only fetches what is missing.
+    """
+    out = Path(out or default_dir())
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"images": [], "packages": {}}
+    for name in packages or PACKAGES:
+        if name in manifest["packages"]:
+            continue
+        with tempfile.TemporaryDirectory() as work:
+            root = _download_and_extract(name, Path(work))
+            entries = _keep(name, PACKAGES[name], root, out)
+            version = _deb_version(Path(work))
+        manifest["images"] = [e for e in manifest["images"] if e["package"] != name] + entries
+        manifest["packages"][name] = {"version": version, "licence": PACKAGES[name].licence,
+                                      "copyright": f"licences/{name}.copyright"}
+        out.mkdir(parents=True, exist_ok=True)
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+        print(f"[data] {name} {version}: kept {len(entries)} images", flush=True)
+    return manifest
+
+
+def _download_and_extract(name: str, work: Path) -> Path:
+    subprocess.run(["apt-get", "download", name], cwd=work, check=True, capture_output=True)
+    deb = next(work.glob("*.deb"))
+    root = work / "root"
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    return root
+
+
+def _deb_version(work: Path) -> str:
+    deb = next(work.glob("*.deb"))
+    return deb.name.split("_")[1].replace("%3a", ":")
+
+
+def _keep(name: str, package: Package, root: Path, out: Path) -> list[dict]:
+    (out / "licences").mkdir(parents=True, exist_ok=True)
+    copyright_file = next(root.glob("usr/share/doc/*/copyright"))
+    shutil.copyfile(copyright_file, out / "licences" / f"{name}.copyright")
+    entries = []
+    for split in SPLITS:
+        for relative in getattr(package, split):
+            source = root / relative
+            target = out / "images" / name / (_stem(relative) + ".jpg")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(source) as image:
+                image = image.convert("RGB")
+                image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+                image.save(target, quality=93)
+                size = image.size
+            entries.append({"file": str(target.relative_to(out)), "package": name, "source": relative,
+                            "split": split, "size": list(size)})
+    return entries
+
+
+def _stem(relative: str) -> str:
+    """A unique file stem: plasma keeps every picture in ``<Name>/contents/images/<size>``."""
+    parts = Path(relative).parts
+    return parts[-4] if "contents" in parts else Path(relative).stem
+
+
+def load_split(split: str, root: Path | None = None) -> list[np.ndarray]:
+    """The stored images of one split as ``H×W×3`` uint8 arrays (run :func:`fetch` first)."""
+    root = Path(root or default_dir())
+    manifest_path = root / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"No fetched images in {root}; run: python -m diffdemo.world.data fetch --out {root}")
+    entries = [e for e in json.loads(manifest_path.read_text())["images"] if e["split"] == split]
+    return [np.asarray(Image.open(root / e["file"]).convert("RGB")) for e in entries]
+
+
+class CropPool:
+    """Random square crops of a list of images at several scales, with flips, resized to ``size``.
+
+    A crop's side is log-uniform between ``size`` (the picture's own detail) and the image's shorter side (the
+    whole scene shrunk, as an uploaded photo usually is), so a few dozen large photographs give millions of
+    distinct training images. Seeded by ``rng``.
+    """
+
+    def __init__(self, images: list[np.ndarray], rng: random.Random):
+        if not images:
+            raise ValueError("CropPool needs at least one image")
+        self.images, self.rng = images, rng
+
+    def crop(self, size: int) -> np.ndarray:
+        image = self.rng.choice(self.images)
+        height, width = image.shape[:2]
+        side = min(height, width)
+        crop = int(round(size * (side / size) ** self.rng.random())) if side > size else side
+        top, left = self.rng.randint(0, height - crop), self.rng.randint(0, width - crop)
+        patch = Image.fromarray(image[top: top + crop, left: left + crop])
+        if crop != size:
+            patch = patch.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        if self.rng.random() < 0.5:
+            patch = patch.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return np.asarray(patch)
+
+    def batch(self, n: int, size: int) -> np.ndarray:
+        """``n×size×size×3`` uint8."""
+        return np.stack([self.crop(size) for _ in range(n)])
+
+
+PUBLIC_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def public_photos(size: int = 256) -> dict[str, np.ndarray]:
+    """scikit-image's bundled colour photographs, centre-cropped to ``size``² (the public evaluation set)."""
+    import skimage.data
+
+    return {name: centre_crop(getattr(skimage.data, name)(), size) for name in PUBLIC_PHOTOS}
+
+
+def held_out_photos(size: int = 256, root: Path | None = None, short_side: int = 512) -> dict[str, np.ndarray]:
+    """Centre crops of the held-out Debian photographs, each first shrunk to a ``short_side`` shorter side (about
+    the scale of a photo a visitor uploads)."""
+    root = Path(root or default_dir())
+    entries = [e for e in json.loads((root / "manifest.json").read_text())["images"] if e["split"] == "held_out"]
+    crops = {}
+    for entry in entries:
+        image = Image.open(root / entry["file"]).convert("RGB")
+        scale = short_side / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        crops[Path(entry["file"]).stem] = centre_crop(np.asarray(image), size)
+    return crops
+
+
+def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size``² of an ``H×W×3`` array (shrunk first if a side is shorter than ``size``)."""
+    height, width = image.shape[:2]
+    if min(height, width) < size:
+        scale = size / min(height, width)
+        image = np.asarray(Image.fromarray(image).resize((round(width * scale), round(height * scale)),
+                                                         Image.Resampling.LANCZOS))
+        height, width = image.shape[:2]
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(image[top: top + size, left: left + size, :3])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("fetch", "list"))
+    parser.add_argument("--out", type=Path, default=None, help=f"cache folder (default {default_dir()})")
+    args = parser.parse_args(argv)
+    if args.command == "fetch":
+        manifest = fetch(args.out)
+    else:
+        manifest = json.loads((Path(args.out or default_dir()) / "manifest.json").read_text())
+    counts = {split: sum(e["split"] == split for e in manifest["images"]) for split in SPLITS}
+    print(json.dumps({"folder": str(args.out or default_dir()), **counts}))
+
+
+if __name__ == "__main__":
+    main()

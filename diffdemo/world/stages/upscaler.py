@@ -1,0 +1,81 @@
+"""Stage ``upscaler``: a 4× autoencoder, then the x4-upscaler-layout U-Net on its latents -> ``out/upscaler``.
+
+diffusers' upscale pipeline insists on ``scaling_factor`` 0.08333, so the autoencoder's latents are rescaled to
+give unit variance at that factor. The U-Net sees the low-res image with noise augmentation (``class_labels`` =
+noise level), mostly at the small levels inference uses. ``cfg.init_from`` fine-tunes ``init_from/upscaler``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffdemo.world import models
+from diffdemo.world.stages.vae import rescale_latent_space, train_autoencoder
+from diffdemo.world.training import ImageStream, TrainConfig, autocast, fit, init_folder
+
+
+def run(cfg: TrainConfig, out: Path, device) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    init = init_folder(cfg, "upscaler")
+    low = cfg.image_size // 4
+    if init is not None:  # a fine-tune keeps the latent space (and so the 0.08333 scaling) of the start
+        vae = AutoencoderKL.from_pretrained(init / "vae", torch_dtype=torch.float32).to(device)
+        vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
+                                    out / "checkpoints" / "upscaler_vae.pt", teacher=None)
+        unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(device)
+    else:
+        vae = models.upscaler_vae(cfg.preset, cfg.image_size).to(device)
+        vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
+                                    out / "checkpoints" / "upscaler_vae.pt")
+        rescale_latent_space(vae, 1.0 / (models.UPSCALER_SCALING_FACTOR * vae_log["latent_std"]))
+        vae.register_to_config(scaling_factor=models.UPSCALER_SCALING_FACTOR)
+        unet = models.upscaler_unet(cfg.preset, low, models._WIDTHS[cfg.preset]["text"]).to(device)
+    vae.requires_grad_(False)
+    noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
+    low_res_schedule = DDPMScheduler(**models.UPSCALER_NOISE_SCHEDULE)
+    pool_small, pool_latents = upscaler_pool(vae, ImageStream(cfg, cfg.seed + 4, cfg.image_size, device),
+                                             cfg.upscaler_pool, low)
+
+    def loss_fn(step):
+        index = torch.randint(0, len(pool_small), (cfg.upscaler_batch,), device=device)
+        small, latents, n = pool_small[index], pool_latents[index], cfg.upscaler_batch
+        # noise augmentation of the low-res input, mostly at the small levels used for inference
+        level = torch.where(torch.rand(n, device=device) < 0.5, torch.randint(0, 41, (n,), device=device),
+                            torch.randint(0, models.MAX_NOISE_LEVEL + 1, (n,), device=device))
+        small = low_res_schedule.add_noise(small, torch.randn_like(small), level)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (n,), device=device)
+        noisy = noise_schedule.add_noise(latents, noise, t)
+        no_text = torch.zeros(n, 1, unet.config.cross_attention_dim, device=device)  # text-free upscaler
+        pred = unet(torch.cat([noisy, small], 1), t, encoder_hidden_states=no_text, class_labels=level).sample
+        return F.mse_loss(pred.float(), noise_schedule.get_velocity(latents, noise, t).float())
+
+    log = fit("upscaler", [unet], loss_fn, cfg.upscaler_steps, cfg.lr, cfg, device, ema=True,
+              checkpoint=out / "checkpoints" / "upscaler.pt")
+    folder = out / "upscaler"
+    vae.save_pretrained(folder / "vae")
+    unet.save_pretrained(folder / "unet")
+    models.latent_scheduler().save_pretrained(folder / "scheduler")
+    low_res_schedule.save_pretrained(folder / "low_res_scheduler")
+    return {"vae": vae_log, "unet": log}
+
+
+def upscaler_pool(vae, stream: ImageStream, n: int, low: int):
+    """``n`` (low-res image ``n×3×low×low``, scaled latents of the full image) pairs, made once."""
+    pool_small, pool_latents = [], []
+    for start in range(0, n, 256):
+        _, x = stream.batch(min(256, n - start))
+        with torch.no_grad(), autocast(x.device):
+            pool_latents.append(vae.encode(x).latent_dist.sample() * models.UPSCALER_SCALING_FACTOR)
+        pool_small.append(low_res(x, low))
+    return torch.cat(pool_small), torch.cat(pool_latents).float()
+
+
+def low_res(x: torch.Tensor, low: int) -> torch.Tensor:
+    """Half antialiased bicubic (what PIL users make), half box-filtered downscales of ``x``, in [-1, 1]."""
+    bicubic = F.interpolate(x, size=low, mode="bicubic", antialias=True).clamp(-1, 1)
+    area = F.interpolate(x, size=low, mode="area")
+    return torch.where(torch.rand(len(x), 1, 1, 1, device=x.device) < 0.5, bicubic, area)

@@ -1,0 +1,123 @@
+"""Training data beyond the shape world (fetched-image manifests, random crops, the mixed stream) and resuming."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffdemo.world import data, train
+from diffdemo.world.training import TINY, ImageStream
+
+
+def fake_fetch(root, counts=(("photo", 3), ("held_out", 1), ("art", 2))):
+    """A data folder laid out as ``data.fetch`` writes it, with made-up pictures (no download)."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for split, n in counts:
+        for i in range(n):
+            file = root / "images" / "pkg" / f"{split}{i}.jpg"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            height, width = 300 + 40 * i, 420
+            gradient = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+            pixels = np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(file)
+            entries.append({"file": str(file.relative_to(root)), "package": "pkg", "source": file.name,
+                            "split": split, "size": [width, height]})
+    (root / "manifest.json").write_text(json.dumps({"images": entries, "packages": {}}))
+    return root
+
+
+def test_every_package_lists_each_file_once_and_held_out_photos_are_not_trained_on():
+    seen = [path for package in data.PACKAGES.values() for split in data.SPLITS for path in getattr(package, split)]
+    assert len(seen) == len(set(seen))
+    photos = {p for package in data.PACKAGES.values() for p in package.photo}
+    held_out = {p for package in data.PACKAGES.values() for p in package.held_out}
+    assert len(photos) >= 30 and len(held_out) >= 4 and not photos & held_out
+    assert all(package.licence for package in data.PACKAGES.values())
+
+
+def test_crop_pool_gives_seeded_square_crops_at_several_scales(tmp_path):
+    images = data.load_split("photo", fake_fetch(tmp_path))
+    first = data.CropPool(images, random.Random(1)).batch(6, 64)
+    again = data.CropPool(images, random.Random(1)).batch(6, 64)
+    other = data.CropPool(images, random.Random(2)).batch(6, 64)
+    assert first.shape == (6, 64, 64, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
+    # the horizontal gradient's slope shows the scale: a crop of the whole picture is steeper than a 64-px one
+    slopes = {round(float(np.polyfit(np.arange(64), crop.mean((0, 2)), 1)[0]), 1) for crop in
+              data.CropPool(images, random.Random(3)).batch(40, 64)}
+    assert len(slopes) > 5
+
+
+def test_load_split_without_a_fetch_says_how_to_fetch(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m diffdemo.world.data fetch"):
+        data.load_split("photo", tmp_path)
+
+
+def test_image_stream_mixes_photos_art_and_world_by_share(tmp_path):
+    from dataclasses import replace
+
+    cfg = replace(TINY, photo_share=0.5, art_share=0.25, data_dir=str(fake_fetch(tmp_path)))
+    kinds, images = ImageStream(cfg, 0, 32, torch.device("cpu")).batch(400)
+    assert images.shape == (400, 3, 32, 32) and -1 <= images.min() and images.max() <= 1
+    share = {k: kinds.count(k) / len(kinds) for k in ("photo", "art", "world")}
+    assert abs(share["photo"] - 0.5) < 0.08 and abs(share["art"] - 0.25) < 0.08, share
+    world_only = ImageStream(TINY, 0, 32, torch.device("cpu")).batch(8)[0]
+    assert world_only == ["world"] * 8
+
+
+def test_public_evaluation_photos_are_centre_crops():
+    photos = data.public_photos(128)
+    assert set(photos) == set(data.PUBLIC_PHOTOS)
+    assert all(p.shape == (128, 128, 3) and p.dtype == np.uint8 for p in photos.values())
+
+
+def loss_curve(out, stage):
+    return json.loads((out / "logs" / f"{stage}.json").read_text())["log"]["loss_curve"]
+
+
+def test_a_stopped_stage_resumes_to_the_curve_of_an_unbroken_run(tmp_path):
+    """``--vae-steps 2`` then ``--vae-steps 4`` in one folder: the same loss curve and weights as 4 at once."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--stages", "vae", "--device", "cpu", "--checkpoint-minutes", "0"]
+    train.main([*common, "--out", str(tmp_path / "whole"), "--vae-steps", "4"])
+    train.main([*common, "--out", str(tmp_path / "parts"), "--vae-steps", "2"])
+    assert (tmp_path / "parts" / "checkpoints" / "vae.pt").exists()
+    train.main([*common, "--out", str(tmp_path / "parts"), "--vae-steps", "4"])
+    assert loss_curve(tmp_path / "parts", "vae") == loss_curve(tmp_path / "whole", "vae")
+    weights = [load_file(tmp_path / run / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+               for run in ("whole", "parts")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_fine_tuning_starts_from_the_given_model_set(tmp_path):
+    """``--init-from``: the denoiser stage starts from that folder's weights (one step at lr 0 changes nothing)."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--stages", "denoiser", "--device", "cpu"]
+    train.main([*common, "--out", str(tmp_path / "first")])
+    train.main([*common, "--out", str(tmp_path / "tuned"), "--init-from", str(tmp_path / "first"), "--lr", "0",
+                "--denoiser-steps", "1", "--denoiser-clipped", "0.5"])
+    before, after = (load_file(tmp_path / run / "denoiser" / "unet" / "diffusion_pytorch_model.safetensors")
+                     for run in ("first", "tuned"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
+    from diffdemo.world.stages.denoiser import clip_some
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    noise, alpha_bar = torch.randn_like(x), torch.full((8,), 0.5)
+    x_t, target = clip_some(x, noise, alpha_bar, share=1.0)
+    y = x_t / alpha_bar.sqrt().view(-1, 1, 1, 1)
+    assert y.min() >= -1 - 1e-6 and y.max() <= 1 + 1e-6  # clipped to the file's range
+    assert torch.allclose(((y + 1) * 127.5), ((y + 1) * 127.5).round(), atol=1e-3)  # 8-bit levels
+    assert torch.allclose(y - target, x, atol=1e-5)  # Tweedie's x̂0 = y − s·ε' is the clean image (s = 1 here)
+    untouched, same = clip_some(x, noise, alpha_bar, share=0.0)
+    assert torch.equal(same, noise)
