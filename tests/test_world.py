@@ -108,6 +108,26 @@ def test_checker_is_perfect_on_clean_renders():
     assert wrong == []
 
 
+def test_strict_reading_passes_clean_renders_and_fails_cushions_and_blobs():
+    """The strict geometric reading: every clean render passes; a square with rounded corners (a cushion) and a
+    star without points (a blob) fail it, though the best-template checker may still name them right."""
+    from PIL import Image, ImageDraw
+
+    from diffdemo.world.checker import strict_reading
+
+    rng = random.Random(6)
+    scenes = [sample_scene(rng) for _ in range(200)]
+    passed = [strict_reading(image, scene.shape)["passes"] for scene, image in
+              zip(scenes, to_pil(render_scenes(scenes, 128)))]
+    assert sum(passed) / len(passed) >= 0.98
+    cushion = Image.new("RGB", (128, 128), (40, 80, 220))
+    ImageDraw.Draw(cushion).rounded_rectangle((34, 34, 94, 94), radius=18, fill=(245, 220, 40))
+    assert judge(cushion).shape == "square" and not strict_reading(cushion, "square")["passes"]
+    blob = Image.new("RGB", (128, 128), (20, 20, 20))
+    ImageDraw.Draw(blob).ellipse((40, 40, 88, 88), fill=(220, 40, 40))
+    assert not strict_reading(blob, "star")["passes"]
+
+
 def test_checker_sees_an_empty_image():
     from PIL import Image
 

@@ -44,6 +44,14 @@ def _unit_area(shape: str) -> float:
 
 def judge(image) -> Judgement:
     """Judges a PIL image or ``H×W×3`` uint8 array (resized to 128²)."""
+    mask, fg, bg = _split(image)
+    if mask is None:
+        return Judgement(None, None, nearest_colour(bg), None, None, 0.0)
+    return _judge_mask(mask, fg, bg)
+
+
+def _split(image):
+    """(shape mask or None, shape colour, background colour) of an image, resized to 128²."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
@@ -54,11 +62,10 @@ def judge(image) -> Judgement:
     dist_bg = np.linalg.norm(pixels - bg, axis=-1)
     candidates = dist_bg > 40
     if candidates.sum() < 12:
-        return Judgement(None, None, nearest_colour(bg), None, None, 0.0)
+        return None, None, bg
     core = dist_bg >= np.percentile(dist_bg[candidates], 50)  # the far half: inside the shape, not its edge
     fg = np.median(pixels[core & candidates], axis=0)
-    mask = np.linalg.norm(pixels - fg, axis=-1) < dist_bg
-    return _judge_mask(mask, fg, bg)
+    return np.linalg.norm(pixels - fg, axis=-1) < dist_bg, fg, bg
 
 
 def _judge_mask(mask: np.ndarray, fg, bg) -> Judgement:
@@ -90,6 +97,41 @@ def _position_name(cx: float, cy: float) -> str:
     column = "left" if cx < 0.375 else "right" if cx > 0.625 else ""
     row = "top" if cy < 0.375 else "bottom" if cy > 0.625 else ""
     return f"{row} {column}".strip() or "center"
+
+
+# The strict geometric reading: a shape passes when its largest blob matches the template well (IoU) and has the
+# shape's own geometry. Squares come out of a weak decoder as cushions (rounded corners: low extent), triangles
+# with concave sides and circles with dents (low solidity), stars without points (high solidity).
+STRICT_IOU = 0.8
+STRICT_RULES = {  # shape -> (measure, lowest, highest); extent = area / bounding box, solidity = area / convex hull
+    "square": ("extent", 0.94, 1.0), "triangle": ("solidity", 0.92, 1.0), "circle": ("solidity", 0.94, 1.0),
+    "star": ("solidity", 0.0, 0.8), "heart": ("solidity", 0.9, 0.99),
+}
+
+
+def strict_reading(image, shape: str) -> dict:
+    """Whether ``image`` shows ``shape`` with crisp geometry: ``passes``, the template ``iou`` and the measures."""
+    from skimage.measure import label, regionprops
+
+    mask, fg, bg = _split(image)
+    if mask is None:
+        return {"passes": False, "iou": 0.0, "extent": 0.0, "solidity": 0.0}
+    blobs = label(mask)
+    region = max(regionprops(blobs), key=lambda r: r.area)
+    blob = blobs == region.label
+    judgement = _judge_mask(blob, fg, bg)
+    measures = {"extent": float(region.extent), "solidity": float(region.solidity)}
+    name, low, high = STRICT_RULES[shape]
+    iou = _template_iou(blob, shape)
+    return {"passes": judgement.shape == shape and iou >= STRICT_IOU and low <= measures[name] <= high,
+            "iou": round(iou, 3), **{k: round(v, 3) for k, v in measures.items()}}
+
+
+def _template_iou(mask: np.ndarray, shape: str) -> float:
+    ys, xs = np.nonzero(mask)
+    cx, cy = (xs.mean() + 0.5) / CHECK_SIZE, (ys.mean() + 0.5) / CHECK_SIZE
+    template = _centred_template(shape, cx, cy, 0.1 * math.sqrt(mask.mean() / _unit_area(shape)))
+    return float((template & mask).sum() / max((template | mask).sum(), 1))
 
 
 ATTRIBUTES = ("shape", "colour", "background", "size", "position")

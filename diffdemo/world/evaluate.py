@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diffdemo.engine import DEFAULT_SAMPLER, SAMPLERS, load_models
-from diffdemo.world.checker import ATTRIBUTES, judge, score
+from diffdemo.world.checker import ATTRIBUTES, judge, score, strict_reading
 from diffdemo.world.render import render_scenes, to_pil
 from diffdemo.world.scene import sample_scene
 
@@ -43,7 +43,7 @@ def adherence(models, n: int, held_out: bool, seed: int, steps: int, guidance: f
 
     rng = random.Random(seed + (1 if held_out else 0))
     scenes = [sample_scene(rng, held_out=held_out, mention_prob=1.0) for _ in range(n)]
-    images, ok, total, confusions = [], Counter(), Counter(), Counter()
+    images, ok, total, confusions, strict = [], Counter(), Counter(), Counter(), Counter()
     for i, scene in enumerate(scenes):
         request = TextToImageRequest(prompt=scene.caption, sampler=sampler, steps=steps, guidance_scale=guidance,
                                      seed=seed * 10_000 + i)
@@ -55,8 +55,12 @@ def adherence(models, n: int, held_out: bool, seed: int, steps: int, guidance: f
             ok[attribute] += correct
         if judgement.shape != scene.shape:
             confusions[f"{scene.size} {scene.shape} -> {judgement.shape}"] += 1
+        strict[scene.shape] += strict_reading(image, scene.shape)["passes"]
     accuracy = {a: round(ok[a] / total[a], 3) for a in ATTRIBUTES if total[a]}
-    return {**accuracy, "shape_errors": dict(confusions.most_common())}, images, scenes
+    shapes = Counter(scene.shape for scene in scenes)
+    return {**accuracy, "strict_geometry": round(sum(strict.values()) / len(scenes), 3),
+            "strict_by_shape": {k: round(strict[k] / shapes[k], 3) for k in sorted(shapes)},
+            "shape_errors": dict(confusions.most_common())}, images, scenes
 
 
 def vae_psnr(vae, n: int = 64, seed: int = 7) -> float:

@@ -1,0 +1,238 @@
+"""Measures the embedded model set on real photographs: ``python -m diffdemo.world.evaluate_photos DIR``.
+
+Two sets, never trained or tuned on: scikit-image's bundled photographs (the public set) and the held-out Debian
+photographs of :mod:`diffdemo.world.data` (run its ``fetch`` first), 256² centre crops unless said. Everything
+goes through the app's own tasks with their defaults; reported numbers are medians over the images (and seeds).
+
+* ``vae``: the VAE's round-trip PSNR.
+* ``denoise``: clean photo in, the task adds σ = 25 and 50; the diffusion result (and the one-step x̂0) against
+  classical methods tuned per image with the clean image as oracle (NL-means over its ``h``, TV over its weight),
+  and BM3D with ``--bm3d`` (the ``bm3d`` package: non-commercial licence, used for measuring only, not a
+  dependency). ``clipped``: an 8-bit noisy file at σ = 25 uploaded as already noisy; every method gets the same
+  estimated σ.
+* ``inpaint``: a 64×64 hole in the middle, empty prompt, PSNR inside the hole against filling it with the mean
+  colour of its border; and a check that every pixel outside the mask is unchanged.
+* ``forward``: the forward-process tab's latent path at t = 50 and 100, PSNR of the decoded x_t to the photo.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+NLM_H = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # × σ
+TV_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # × σ/255
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(a.astype(np.float64), b, data_range=255))
+
+
+def photo_sets(size: int = 256, data_dir: Path | None = None) -> dict[str, dict[str, np.ndarray]]:
+    from diffdemo.world import data
+
+    sets = {"public": data.public_photos(size)}
+    try:
+        sets["held_out"] = data.held_out_photos(size, data_dir)
+    except FileNotFoundError:
+        print("[photos] no fetched data: held-out Debian photographs skipped", flush=True)
+    return sets
+
+
+def vae_round_trip(models, photos: dict) -> dict:
+    import torch
+
+    from diffdemo.engine.images import decode_latents, encode_pixels, pil_to_tensor, tensor_to_pil
+    from PIL import Image
+
+    scores = {}
+    for name, pixels in photos.items():
+        with torch.inference_mode():
+            z = encode_pixels(models.vae, pil_to_tensor(Image.fromarray(pixels)).to(models.device, models.dtype))
+            back = np.asarray(tensor_to_pil(decode_latents(models.vae, z))[0])
+        scores[name] = round(psnr(pixels, back), 2)
+    return {"median_db": float(np.median(list(scores.values()))), "per_image": scores}
+
+
+def tuned_classical(clean: np.ndarray, noisy: np.ndarray, sigma: float, with_bm3d: bool = False) -> dict:
+    """Best PSNR over each method's setting grid, given the clean image (an oracle: an upper bound for them)."""
+    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
+
+    y, s = noisy / 255.0, max(sigma, 0.5) / 255.0
+    nlm = max(psnr(clean, np.clip(denoise_nl_means(y, h=h * s, sigma=s, fast_mode=True, patch_size=7,
+                                                   patch_distance=9, channel_axis=-1), 0, 1) * 255)
+              for h in NLM_H)
+    tv = max(psnr(clean, np.clip(denoise_tv_chambolle(y, weight=w * s, channel_axis=-1), 0, 1) * 255)
+             for w in TV_WEIGHTS)
+    result = {"nl_means": nlm, "tv": tv}
+    if with_bm3d:
+        import bm3d
+
+        result["bm3d"] = psnr(clean, np.clip(bm3d.bm3d_rgb(y, s), 0, 1) * 255)
+    return result
+
+
+def denoise_rows(models, photos: dict, sigmas=(25, 50), seeds=(0,), with_bm3d: bool = False) -> dict:
+    from diffdemo.tasks import DenoiseRequest, denoise
+    from diffdemo.tasks.denoise import add_noise, to_uint8
+    import torch
+
+    rows = {}
+    for sigma in sigmas:
+        per = []
+        for name, clean in photos.items():
+            for seed in seeds:
+                metadata = denoise(models, DenoiseRequest(image=clean, sigma=sigma, seed=seed)).metadata
+                noisy = add_noise(clean, sigma, torch.Generator("cpu").manual_seed(seed))  # what the task drew
+                classical = tuned_classical(clean, noisy, sigma, with_bm3d)
+                per.append({"image": name, "seed": seed, "noisy": metadata["psnr"]["noisy"],
+                            "denoised": metadata["psnr"]["denoised"], "x0_hat": metadata["psnr"]["x0_hat"],
+                            "app_classical": metadata["psnr"]["classical"], **classical})
+        assert all(abs(r["noisy"] - psnr(photos[r["image"]], to_uint8(
+            add_noise(photos[r["image"]], sigma, torch.Generator("cpu").manual_seed(r["seed"]))))) < 1e-2
+                   for r in per[:1])
+        rows[str(sigma)] = summarise(per)
+    return rows
+
+
+def clipped_rows(models, photos: dict, sigma: float = 25, seeds=(0,)) -> dict:
+    """An already-noisy 8-bit upload (σ = 0 in the request: the task estimates σ); scored against the clean photo."""
+    import torch
+    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
+
+    from diffdemo.tasks import DenoiseRequest, denoise
+    from diffdemo.tasks.denoise import add_noise, to_uint8
+
+    per = []
+    for name, clean in photos.items():
+        for seed in seeds:
+            noisy = to_uint8(add_noise(clean, sigma, torch.Generator("cpu").manual_seed(1000 + seed)))
+            result = denoise(models, DenoiseRequest(image=noisy, sigma=0, seed=seed))
+            estimated = result.metadata["sigma"]
+            _, x0_hat, denoised, _ = (np.asarray(im) for im in result.images)
+            y, s = noisy / 255.0, estimated / 255.0
+            nlm = max(psnr(clean, np.clip(denoise_nl_means(y, h=h * s, sigma=s, fast_mode=True, patch_size=7,
+                                                           patch_distance=9, channel_axis=-1), 0, 1) * 255)
+                      for h in NLM_H)
+            tv = max(psnr(clean, np.clip(denoise_tv_chambolle(y, weight=w * s, channel_axis=-1), 0, 1) * 255)
+                     for w in TV_WEIGHTS)
+            per.append({"image": name, "seed": seed, "estimated_sigma": estimated, "noisy": psnr(clean, noisy),
+                        "denoised": psnr(clean, denoised), "x0_hat": psnr(clean, x0_hat), "nl_means": nlm, "tv": tv})
+    return summarise(per)
+
+
+def summarise(per: list[dict]) -> dict:
+    """Medians of every numeric column, the diffusion result's median gain over the best classical method per
+    image, and the rows themselves."""
+    numeric = [k for k, v in per[0].items() if isinstance(v, float) and k != "seed"]
+    medians = {k: round(float(np.median([r[k] for r in per])), 2) for k in numeric}
+    classical = [k for k in ("nl_means", "tv", "bm3d") if k in per[0]]
+    gains = [r["denoised"] - max(r[k] for k in classical) for r in per]
+    x0_gains = [r["x0_hat"] - max(r[k] for k in classical) for r in per]
+    return {"median": medians, "gain_over_best_classical_db": round(float(np.median(gains)), 2),
+            "x0_gain_over_best_classical_db": round(float(np.median(x0_gains)), 2), "rows": per}
+
+
+def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str = "") -> dict:
+    from PIL import Image
+
+    from diffdemo.tasks import InpaintRequest, inpaint
+
+    per = []
+    for name, pixels in photos.items():
+        size = pixels.shape[0]
+        top = (size - hole) // 2
+        mask = np.zeros(pixels.shape[:2], np.uint8)
+        mask[top: top + hole, top: top + hole] = 255
+        inside = mask > 0
+        border = np.zeros_like(inside)
+        border[top - 4: top + hole + 4, top - 4: top + hole + 4] = True
+        border &= ~inside
+        flat = pixels.copy()
+        flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
+        for seed in seeds:
+            result = inpaint(models, InpaintRequest(image=Image.fromarray(pixels), mask=Image.fromarray(mask),
+                                                    prompt=prompt, seed=seed, mask_blur=0))
+            out = np.asarray(result.images[0])
+            per.append({"image": name, "seed": seed, "hole_db": psnr(pixels[inside], out[inside]),
+                        "mean_fill_db": psnr(pixels[inside], flat[inside]),
+                        "outside_unchanged": bool(np.array_equal(out[~inside], pixels[~inside]))})
+    medians = {k: round(float(np.median([r[k] for r in per])), 2) for k in ("hole_db", "mean_fill_db")}
+    return {"median": medians, "gain_over_mean_fill_db": round(float(np.median(
+        [r["hole_db"] - r["mean_fill_db"] for r in per])), 2),
+            "outside_unchanged": all(r["outside_unchanged"] for r in per), "rows": per}
+
+
+def forward_rows(models, photos: dict, times=(50, 100)) -> dict:
+    from PIL import Image
+
+    from diffdemo.tasks import ForwardRequest, forward
+
+    per = {}
+    for name, pixels in photos.items():
+        for t in times:
+            images = forward(models, ForwardRequest(image=Image.fromarray(pixels), t=t, seed=0)).images
+            used, decoded = np.asarray(images[0]), np.asarray(images[1])
+            per.setdefault(str(t), {})[name] = round(psnr(used, decoded), 2)
+    return {t: {"median_db": float(np.median(list(v.values()))), "per_image": v} for t, v in per.items()}
+
+
+def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward"), bm3d=False) -> dict:
+    results = {}
+    for set_name, photos in sets.items():
+        out = results.setdefault(set_name, {"images": sorted(photos)})
+        if "vae" in parts:
+            out["vae"] = vae_round_trip(models, photos)
+        if "denoise" in parts and models.denoiser is not None:
+            out["denoise"] = denoise_rows(models, photos, with_bm3d=bm3d)
+        if "clipped" in parts and models.denoiser is not None:
+            out["clipped"] = clipped_rows(models, photos)
+        if "inpaint" in parts:
+            out["inpaint"] = inpaint_rows(models, photos)
+        if "forward" in parts:
+            out["forward"] = forward_rows(models, photos)
+        print(set_name, json.dumps({k: _short(v) for k, v in out.items()}), flush=True)
+    return results
+
+
+def _short(value):
+    """The headline numbers of a result (no per-image rows) for the console."""
+    if isinstance(value, dict):
+        return {k: _short(v) for k, v in value.items() if k not in ("rows", "per_image")}
+    return value
+
+
+def load_model_set(folder: Path):
+    """The model set in ``folder`` (laid out as assets/: model/, and optionally upscaler/, denoiser/, tiny_vae/)."""
+    from dataclasses import replace
+
+    from diffdemo.engine import load_models
+    from diffdemo.engine.loading import _load_denoiser
+
+    parts = {k: str(folder / k) for k in ("upscaler", "tiny_vae") if (folder / k).exists()}
+    models = load_models(str(folder / "model"), device="cpu", **parts)
+    if (folder / "denoiser").exists():
+        models = replace(models, denoiser=_load_denoiser(str(folder / "denoiser"), models.device, models.dtype))
+    return models
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dir", type=Path, help="a model-set folder holding model/ (and denoiser/, upscaler/)")
+    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward")
+    parser.add_argument("--bm3d", action="store_true", help="also BM3D (pip install bm3d; slow: ~10 s an image)")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    models = load_model_set(args.dir)
+    results = evaluate(models, photo_sets(args.size), tuple(args.parts.split(",")), args.bm3d)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
