@@ -1,4 +1,5 @@
-"""Real images for training, fetched from Debian packages: ``python -m diffdemo.world.data fetch [--out DIR]``.
+"""Real images for training, fetched from Debian packages: ``python -m diffdemo.world.data fetch [--out DIR]``
+(``list`` counts what is stored; ``pack --archive F.tar`` writes a ≤64 MiB copy to carry to a GPU machine).
 
 The shape world alone teaches the models nothing about photographs, so training mixes it with freely licensed
 pictures that Debian ships as desktop wallpapers. ``fetch`` runs ``apt-get download`` and ``dpkg-deb -x`` for
@@ -242,11 +243,48 @@ def centre_crop(image: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(image[top: top + size, left: left + size, :3])
 
 
+def pack(root: Path | None, archive: Path, max_side: int = MAX_SIDE, limit_mib: int = 64) -> dict:
+    """Writes the fetched images, shrunk to ``max_side`` and re-encoded, with the manifest and licences, into one
+    ``.tar`` small enough to carry to another machine (a GPU box with no network); unpack it and point
+    ``DIFFDEMO_DATA`` (or ``--data-dir``) at the folder."""
+    import io
+    import tarfile
+
+    root = Path(root or default_dir())
+    manifest = json.loads((root / "manifest.json").read_text())
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w") as tar:
+        for entry in manifest["images"]:
+            image = Image.open(root / entry["file"])
+            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            info = tarfile.TarInfo(entry["file"])
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+            entry["size"] = list(image.size)
+        for name in ["licences/" + p.name for p in sorted((root / "licences").iterdir())]:
+            tar.add(root / name, arcname=name)
+        data = json.dumps(manifest, indent=1).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    size = archive.stat().st_size
+    if size > limit_mib * 2**20:
+        raise ValueError(f"{archive} is {size / 2**20:.1f} MiB, over {limit_mib} MiB; pack with a smaller max_side")
+    return {"archive": str(archive), "mib": round(size / 2**20, 1), "images": len(manifest["images"])}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("fetch", "list"))
+    parser.add_argument("command", choices=("fetch", "list", "pack"))
     parser.add_argument("--out", type=Path, default=None, help=f"cache folder (default {default_dir()})")
+    parser.add_argument("--archive", type=Path, default=Path("build/data.tar"), help="pack: the .tar to write")
     args = parser.parse_args(argv)
+    if args.command == "pack":
+        print(json.dumps(pack(args.out, args.archive)))
+        return
     if args.command == "fetch":
         manifest = fetch(args.out)
     else:
