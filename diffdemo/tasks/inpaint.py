@@ -243,9 +243,10 @@ def _generate(models, request: InpaintRequest, pixels: np.ndarray, mask: np.ndar
         else:
             latents = scheduler.add_noise(z0, noise, timesteps[start:start + 1])
         prompt = encode_prompt(models, request.prompt, request.negative_prompt)
-        nine_channels = models.unet.config.in_channels == models.vae.config.latent_channels * 2 + 1
+        nine_channels = models.is_inpainting
         extra = _inpainting_channels(models, image, repaint, repaint_latent) if nine_channels else None
-        predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale, extra_channels=extra)
+        predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale, extra_channels=extra,
+                         added=prompt.added_conditions(*pixels.shape[:2]))
         blend = None if nine_channels else _known_part_blend(scheduler, z0, noise, repaint_latent)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         latents = denoise_loop(scheduler, predict, latents, generator=generator, callback=callback, blend=blend,
