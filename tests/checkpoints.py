@@ -233,3 +233,39 @@ def tiny_inpainting_models(tiny_inpainting_dir):
     from diffdemo.engine import load_models
 
     return load_models(str(tiny_inpainting_dir), device="cpu")
+
+
+# ---- LoRAs ----------------------------------------------------------------------------------------------------
+
+def make_lora(model_dir: Path, folder: Path, name: str, seed: int = 0, rank: int = 4) -> tuple[dict, dict]:
+    """A random (non-zero) LoRA for the U-Net's attention and the text encoder of the model in ``model_dir``,
+    saved in diffusers' format as ``folder/name.safetensors``; returns its (unet, text encoder) peft state dicts."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig, get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    text = CLIPTextModel.from_pretrained(model_dir, subfolder="text_encoder")
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    text.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]))
+    layers = get_peft_model_state_dict(unet), get_peft_model_state_dict(text)
+    folder.mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers[0], text_encoder_lora_layers=layers[1],
+                                              weight_name=f"{name}.safetensors")
+    return layers
+
+
+def lora_to_kohya(unet_layers: dict, text_layers: dict, rank: int = 4) -> dict:
+    """The same LoRA in kohya-ss's layout (what AUTOMATIC1111 and civitai files use): ``lora_unet_<path>`` and
+    ``lora_te_text_model_<path>`` modules with ``lora_down``/``lora_up`` weights and an ``alpha``."""
+    out = {}
+    for prefix, layers in (("lora_unet_", unet_layers), ("lora_te_text_model_", text_layers)):
+        for key, value in layers.items():
+            module, kind = key.rsplit(".lora_", 1)
+            name = prefix + module.replace(".", "_")
+            out[f"{name}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = value.contiguous()
+            out[f"{name}.alpha"] = torch.tensor(float(rank))
+    return out

@@ -7,6 +7,7 @@ Every derived diffusers pipeline (img2img, inpaint) is built from the same modul
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,13 @@ DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfl
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message is one sentence saying what was tried and how to fix it."""
+
+
+def reason(error: BaseException, limit: int = 200) -> str:
+    """``"TypeName: first clause of the message"`` to quote inside a one-sentence error message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = re.split(r"[.!?]\s+(?=[A-Z])", text)[0].rstrip(".")[:limit]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,8 @@ def resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> torc
 def load_models(model: str | os.PathLike | None = None, *, upscaler: str | os.PathLike | None = None,
                 tiny_vae: str | os.PathLike | None = None, device: str | torch.device | None = None,
                 dtype: str | torch.dtype | None = None, fast=None, variant: str | None = None,
-                vae: str | os.PathLike | None = None, config: str | os.PathLike | None = None) -> ModelSet:
+                vae: str | os.PathLike | None = None, config: str | os.PathLike | None = None, loras=(),
+                lora_dir: str | os.PathLike | None = None, embeddings=()) -> ModelSet:
     """Loads tokenizer(s), CLIP text encoder(s), VAE, U-Net and scheduler (plus an upscaler and denoiser if present).
 
     ``model`` None means the embedded model in assets/; its upscaler, pixel denoiser and tiny VAE come along.
@@ -130,6 +139,8 @@ def load_models(model: str | os.PathLike | None = None, *, upscaler: str | os.Pa
     ``variant``: load ``*.VARIANT.safetensors`` weights (found by itself when a folder has only those).
     ``vae``: an ``AutoencoderKL`` folder, hub id or file used instead of the model's own.
     ``tiny_vae``: a TAESD-layout ``AutoencoderTiny`` (hub id such as madebyollin/taesd, or a folder).
+    ``loras``: ``"FILE[:WEIGHT]"`` strings on for every request; ``lora_dir``: where ``<lora:NAME:W>`` prompt tags
+    find NAME; ``embeddings``: textual-inversion files, each triggered by its file name (engine/lora.py).
     ``fast`` (a :class:`~diffdemo.engine.fast.FastPath`, default None = off) applies opt-in speed-ups.
     Raises :class:`ModelLoadError` with a one-sentence explanation when something cannot be loaded.
     """
@@ -148,6 +159,13 @@ def load_models(model: str | os.PathLike | None = None, *, upscaler: str | os.Pa
     tiny = _load_tiny_vae(str(tiny_vae), parts["vae"], device, dtype) if tiny_vae else None
     name = "diffdemo-shapes (embedded)" if embedded else str(model)
     models = ModelSet(name=name, **parts, device=device, dtype=dtype, upscaler=up, denoiser=den, tiny_vae=tiny)
+    if loras or lora_dir or embeddings:
+        from diffdemo.engine.lora import LoraError, attach_networks
+
+        try:
+            attach_networks(models, loras, lora_dir, embeddings)
+        except LoraError as error:
+            raise ModelLoadError(str(error)) from None
     if fast is None:
         return models
     from diffdemo.engine.fast import apply_fast_path

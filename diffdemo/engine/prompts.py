@@ -21,6 +21,7 @@ class EncodedPrompt:
     truncated: str = ""
     pooled: torch.Tensor | None = None
     pooled_uncond: torch.Tensor | None = None
+    loras: tuple = ()  # the LoRAs on while encoding, (UsedLora, ...) (engine/lora.py)
 
     def added_conditions(self, height: int, width: int) -> tuple[dict, dict] | None:
         """SDXL's extra U-Net inputs for an image of ``height``×``width`` pixels, (cond, uncond): the pooled text
@@ -51,9 +52,29 @@ def _encode(models, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None
         return torch.cat([first, second], dim=-1).to(models.dtype), output.text_embeds.to(models.dtype)
 
 
+def apply_loras(models, prompt: str) -> tuple[str, tuple]:
+    """Strips ``<lora:NAME:WEIGHT>`` tags from ``prompt`` and sets the model's LoRA adapters for this request (the
+    ``--lora`` ones plus those named); returns the plain prompt and the LoRAs in use. Raises LoraError."""
+    from diffdemo.engine.lora import LoraError, split_prompt
+
+    text, wanted = split_prompt(prompt)
+    library = models.extras.get("loras")
+    if library is None:
+        if wanted:
+            raise LoraError(f"The prompt names the LoRA '{next(iter(wanted))}', but this app has no LoRAs (start it "
+                            f"with --lora-dir FOLDER or --lora FILE).")
+        return text, ()
+    return text, tuple(library.activate(wanted))
+
+
 def encode_prompt(models, prompt: str, negative_prompt: str = "", batch: int = 1) -> EncodedPrompt:
     """Encodes ``prompt`` and ``negative_prompt`` (the unconditional branch of guidance), repeated ``batch`` times.
-    SDXL models that ask for it (``force_zeros_for_empty_prompt``) get zeros for an empty negative prompt."""
+    SDXL models that ask for it (``force_zeros_for_empty_prompt``) get zeros for an empty negative prompt.
+    LoRA tags in the prompt switch those LoRAs on for what follows (until the next prompt is encoded)."""
+    from diffdemo.engine.lora import split_prompt
+
+    prompt, loras = apply_loras(models, prompt)
+    negative_prompt = split_prompt(negative_prompt)[0]
     tokenizer = models.tokenizer
     tokens = tokenizer(prompt, truncation=False).input_ids
     limit = tokenizer.model_max_length
@@ -63,6 +84,5 @@ def encode_prompt(models, prompt: str, negative_prompt: str = "", batch: int = 1
         hidden[1:], pooled[1:] = 0, 0
     cond, uncond = hidden.chunk(2)
     pooled_cond, pooled_uncond = pooled.chunk(2) if pooled is not None else (None, None)
-    return EncodedPrompt(cond.repeat(batch, 1, 1), uncond.repeat(batch, 1, 1), truncated.strip(),
-                         *((pooled_cond.repeat(batch, 1), pooled_uncond.repeat(batch, 1)) if pooled is not None
-                           else ()))
+    pooled = (pooled_cond.repeat(batch, 1), pooled_uncond.repeat(batch, 1)) if pooled is not None else (None, None)
+    return EncodedPrompt(cond.repeat(batch, 1, 1), uncond.repeat(batch, 1, 1), truncated.strip(), *pooled, loras)

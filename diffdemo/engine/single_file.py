@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diffdemo.engine.loading import ModelLoadError
+from diffdemo.engine.loading import ModelLoadError, reason
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TOKENIZER = CONFIGS / "clip_tokenizer"
@@ -70,12 +70,11 @@ def _is_zip(path: Path) -> bool:
 
 
 def _unreadable(path: Path, error: Exception) -> str:
-    text = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
     if path.suffix != ".safetensors" and ("weights_only" in str(error) or "Unsupported global" in str(error)):
         return (f"The file {path} is a pickle that holds Python objects besides weights, which diffdemo does not "
                 f"run (torch.load with weights_only=True refused it); convert it to .safetensors on a machine you "
                 f"trust, or use a .safetensors copy of the model.")
-    return f"Could not read {path} as a {path.suffix} checkpoint: the file is damaged or incomplete ({text})."
+    return f"Could not read {path} as a {path.suffix} checkpoint: the file is damaged or incomplete ({reason(error)})."
 
 
 def inspect_checkpoint(state: dict, path: Path) -> Checkpoint:
@@ -174,7 +173,7 @@ def load_single_file(path: str | Path, dtype: torch.dtype, config: str | Path | 
         parts = _convert(state, checkpoint, folder, dtype, need_vae, explicit=config is not None)
     except (ValueError, KeyError, RuntimeError, OSError) as error:
         raise ModelLoadError(f"The file {path} looks like an {checkpoint.describe()} but does not fit the config in "
-                             f"{folder} ({type(error).__name__}: {str(error).splitlines()[0][:200]}); if it is a "
+                             f"{folder} ({reason(error)}); if it is a "
                              f"different architecture, pass a matching diffusers folder with --config.") from None
     parts["scheduler"] = _scheduler(folder, checkpoint, explicit=config is not None)
     parts.update(_tokenizers(folder, checkpoint.family))
@@ -262,6 +261,5 @@ def load_vae_file(path: Path, dtype, family: str, like: dict | None):
         vae.load_state_dict(state)
         vae = vae.to(dtype)
     except (ValueError, KeyError, RuntimeError) as error:
-        raise ModelLoadError(f"--vae {path}: the file does not fit a Stable Diffusion VAE ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0][:160]}).") from None
+        raise ModelLoadError(f"--vae {path}: the file does not fit a Stable Diffusion VAE ({reason(error)}).") from None
     return vae

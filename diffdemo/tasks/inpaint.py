@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
+from diffdemo.engine.lora import lora_infotext
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number,
@@ -115,7 +116,8 @@ def inpaint(models, request: InpaintRequest, callback: StepCallback | None = Non
     height, width = output.shape[:2]
     extra = {"Denoising strength": request.strength, "Mask blur": request.mask_blur,
              "Inpaint area": "Only masked" if request.only_masked else "Whole picture",
-             "Masked area padding": request.padding}
+             "Masked area padding": request.padding, **({"Lora hashes": notes["Lora hashes"]} if "Lora hashes" in
+                                                        notes else {})}
     result.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
                                                  request.sampler, request.guidance_scale, request.seed, width,
                                                  height, models.name, extra)
@@ -253,7 +255,10 @@ def _generate(models, request: InpaintRequest, pixels: np.ndarray, mask: np.ndar
                                start_index=start)
         decoded = tensor_to_pil(decode_latents(models.vae, latents))[0]
     method = "inpainting U-Net (mask + masked image channels)" if nine_channels else "latent blending"
-    return np.asarray(decoded), {"method": method, "start_step": start}
+    notes = {"method": method, "start_step": start}
+    if prompt.loras:
+        notes["Lora hashes"] = lora_infotext(prompt.loras)["Lora hashes"]
+    return np.asarray(decoded), notes
 
 
 def _inpainting_channels(models, image: torch.Tensor, repaint: torch.Tensor, repaint_latent: torch.Tensor):

@@ -8,6 +8,7 @@ import torch
 
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
+from diffdemo.engine.lora import lora_infotext
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (TaskResult, a1111_parameters, as_multiple, as_number,
@@ -71,10 +72,12 @@ def text_to_image(models, request: TextToImageRequest, callback: StepCallback | 
     metadata = describe(models, request, seeds, time.perf_counter() - started)
     if prompt.truncated:
         metadata["truncated"] = f"The prompt was longer than the model reads; ignored: '{prompt.truncated}'."
+    if prompt.loras:
+        metadata["loras"] = [asdict(lora) for lora in prompt.loras]
     for image, seed in zip(images, seeds):
         image.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
                                                     request.sampler, request.guidance_scale, seed, request.width,
-                                                    request.height, models.name)
+                                                    request.height, models.name, lora_infotext(prompt.loras))
     return TaskResult(images=images, metadata=metadata)
 
 

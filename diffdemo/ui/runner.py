@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from diffdemo.engine.lora import LoraError
 from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
 from diffdemo.tasks.common import free_memory, is_out_of_memory
@@ -73,7 +74,7 @@ class Runner:
             check_uploads(task_request)
             with self._model_lock:
                 result = self._call(task, task_request, event, progress)
-        except InvalidRequest as error:
+        except (InvalidRequest, LoraError) as error:
             raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
         except Cancelled:
             raise gr.Error("Stopped. Press Generate to start again.", title="Stopped", print_exception=False) from None
