@@ -185,9 +185,7 @@ def _load_parts(source: str, dtype, *, variant=None, vae=None, config=None) -> d
         checkpoint = parts.pop("checkpoint")
         parts.update(family=checkpoint.family, source=checkpoint.describe(),
                      force_zeros_for_empty_prompt=checkpoint.family == "sdxl")
-    else:
-        if config:
-            raise ModelLoadError(f"--config describes a single-file checkpoint; {source} is not a file.")
+    else:  # ``config`` describes one-file checkpoints only (with --models-dir it is given for every model)
         if _looks_like_single_file(source):
             raise ModelLoadError(f"The checkpoint file {source} does not exist.")
         parts = _load_folder(source, dtype, variant)
