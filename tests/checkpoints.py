@@ -207,32 +207,29 @@ def tiny_sdxl_components(tiny_components):
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl_dir(tiny_root, tiny_sdxl_components):
-    return save_pipeline(tiny_sdxl_components, tiny_root / "sdxl")
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl_models(tiny_sdxl_dir):
-    from diffdemo.engine import load_models
-
-    return load_models(str(tiny_sdxl_dir), device="cpu")
-
-
-@pytest.fixture(scope="session")
 def tiny_inpainting_components(tiny_components):
     return {**tiny_components, "unet": inpainting_unet(tiny_components["unet"])}
 
 
-@pytest.fixture(scope="session")
-def tiny_inpainting_dir(tiny_root, tiny_inpainting_components):
-    return save_pipeline(tiny_inpainting_components, tiny_root / "inpainting")
+def layout_fixtures(kind: str):
+    """Session fixtures ``tiny_KIND_dir`` (the saved diffusers folder of ``tiny_KIND_components``) and
+    ``tiny_KIND_models`` (it, loaded)."""
+
+    @pytest.fixture(scope="session", name=f"tiny_{kind}_dir")
+    def folder(tiny_root, request):
+        return save_pipeline(request.getfixturevalue(f"tiny_{kind}_components"), tiny_root / kind)
+
+    @pytest.fixture(scope="session", name=f"tiny_{kind}_models")
+    def loaded(request):
+        from diffdemo.engine import load_models
+
+        return load_models(str(request.getfixturevalue(f"tiny_{kind}_dir")), device="cpu")
+
+    return folder, loaded
 
 
-@pytest.fixture(scope="session")
-def tiny_inpainting_models(tiny_inpainting_dir):
-    from diffdemo.engine import load_models
-
-    return load_models(str(tiny_inpainting_dir), device="cpu")
+sdxl_dir_fixture, sdxl_models_fixture = layout_fixtures("sdxl")
+inpainting_dir_fixture, inpainting_models_fixture = layout_fixtures("inpainting")
 
 
 # ---- LoRAs ----------------------------------------------------------------------------------------------------
