@@ -19,8 +19,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Serve the diffdemo web app. With no --model it uses the small model shipped in assets/, "
                     "which needs no network and no GPU.")
     parser.add_argument("--model", default=os.environ.get("DIFFDEMO_MODEL"),
-                        help="a Hugging Face hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or a local "
-                             "diffusers folder; default: the embedded model (env DIFFDEMO_MODEL)")
+                        help="a Hugging Face hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), a local "
+                             "diffusers folder or one .safetensors/.ckpt file (SD 1.x, 2.x, SDXL); default: the "
+                             "embedded model (env DIFFDEMO_MODEL)")
+    parser.add_argument("--variant", help="load the folder's *.VARIANT.safetensors weights, e.g. fp16 (found by "
+                                          "itself when a folder has only those)")
+    parser.add_argument("--vae", help="a VAE (diffusers folder, hub id or one file) used instead of the model's own")
+    parser.add_argument("--config", help="with a one-file --model: a diffusers folder whose configs describe it "
+                                         "(default: the shipped SD 1.x, 2.x or SDXL config, found from its keys)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                        help="a LoRA on for every image (repeatable; weight default 1)")
+    parser.add_argument("--lora-dir", default=os.environ.get("DIFFDEMO_LORA_DIR"), metavar="FOLDER",
+                        help="where <lora:NAME:WEIGHT> in a prompt finds NAME.safetensors (env DIFFDEMO_LORA_DIR)")
+    parser.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                        help="a textual-inversion embedding; its file name is the word that triggers it (repeatable)")
+    parser.add_argument("--models-dir", default=os.environ.get("DIFFDEMO_MODELS_DIR"), metavar="FOLDER",
+                        help="a folder of models (diffusers folders and .safetensors/.ckpt files) to switch between "
+                             "in the page's model menu and the /select_model API; off unless given (env "
+                             "DIFFDEMO_MODELS_DIR)")
     parser.add_argument("--upscaler", default=os.environ.get("DIFFDEMO_UPSCALER"),
                         help="an x4-upscaler hub id or folder, e.g. stabilityai/stable-diffusion-x4-upscaler")
     parser.add_argument("--tiny-vae", default=os.environ.get("DIFFDEMO_TINY_VAE"),
@@ -68,15 +84,20 @@ def build_app(args: argparse.Namespace):
     # would cost the CPU a second OpenMP pool, and every model call up to 2.5x its time (diffdemo/engine/threads.py)
     try:
         fast = FastPath.parse(args.fast) if args.fast else None
-        models = model_thread().run(load_models, args.model, upscaler=args.upscaler, tiny_vae=args.tiny_vae,
-                                    device=model_device(args.device, gpu), dtype=args.dtype, fast=fast)
+        options = dict(upscaler=args.upscaler, tiny_vae=args.tiny_vae, device=model_device(args.device, gpu),
+                       dtype=args.dtype, fast=fast, vae=args.vae, loras=args.lora, lora_dir=args.lora_dir,
+                       embeddings=args.embedding)
+        models = model_thread().run(load_models, args.model, variant=args.variant, config=args.config, **options)
+        switcher = model_switcher(args, models, options)
     except (ModelLoadError, ValueError) as error:
         sys.exit(f"diffdemo: {error}")
-    print(f"diffdemo: {models.name} on {models.device} ({str(models.dtype).replace('torch.', '')})", flush=True)
+    found = f", {models.source}" if models.source else ""
+    print(f"diffdemo: {models.name}{found} on {models.device} ({str(models.dtype).replace('torch.', '')})",
+          flush=True)
     if fast is not None and fast.compile != "off":
         seconds = model_thread().run(warm_up, models, models.native_size, models.native_size)
         print(f"diffdemo: compiled the U-Net in {seconds:.1f} s (--fast {args.fast})", flush=True)
-    demo = build_demo(models)
+    demo = build_demo(models, switcher=switcher)
     notice = licence_notice(models.name, embedded=args.model is None)
     if notice:
         add_notice(demo, notice)
@@ -84,6 +105,20 @@ def build_app(args: argparse.Namespace):
     if gpu is not None:
         wrap_model_events(demo, GPU_GROUP, gpu)
     return demo, plan_launch(args)
+
+
+def model_switcher(args, models, options):
+    """The model menu's switcher for ``--models-dir`` (None without it)."""
+    if not args.models_dir:
+        return None
+    from pathlib import Path
+
+    from diffdemo.engine.switching import ModelSwitcher, scan_models
+
+    scan_models(args.models_dir)  # a missing folder ends the program here, in one line
+    path = Path(args.model) if args.model else None
+    return ModelSwitcher(folder=Path(args.models_dir), current=models, options=options,
+                         current_name=path.name if path else models.name, current_path=path)
 
 
 def main(argv=None) -> None:

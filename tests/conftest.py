@@ -23,6 +23,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["checkpoints"]  # fixtures of tiny models in the layouts users have (SDXL, single files, ...)
+
 TINY_IMAGE_SIZE = 64  # latent 8x8 (the VAE is 8x per side)
 UPSCALER_IMAGE_SIZE = 64  # the upscaler's VAE is 4x per side; low-res inputs are 16x16
 

@@ -324,21 +324,24 @@ def check_step_cache_support(unet) -> None:
 
 def warm_up(models, height: int, width: int, batch: int = 1, guidance_scale: float = 5.0, steps: int = 3) -> float:
     """Runs ``steps`` denoise steps plus a VAE decode at one shape so compilation and CUDA-graph capture happen
-    now, not in the first request; returns the seconds it took (the warm-up cost). Zero conditioning is used."""
+    now, not in the first request; returns the seconds it took (the warm-up cost). The empty prompt is used."""
+    from diffdemo.engine.conditioning import generation_inputs
     from diffdemo.engine.images import decode_latents
+    from diffdemo.engine.prompts import encode_prompt
     from diffdemo.engine.sampling import DEFAULT_SAMPLER, denoise_loop, guided, make_scheduler
 
     started = time.perf_counter()
     scheduler = make_scheduler(DEFAULT_SAMPLER, models.scheduler.config)
     # step caching compiles two graphs: enough steps for a full call and a cached one
     scheduler.set_timesteps(max(steps, getattr(models.unet, "interval", 0) + 1), device=models.device)
-    length, dim = models.tokenizer.model_max_length, models.unet.config.cross_attention_dim
-    cond = torch.zeros(batch, length, dim, device=models.device, dtype=models.dtype)
+    prompt = encode_prompt(models, "", "", batch)
     scale = models.vae_scale
-    latents = torch.randn(batch, models.unet.config.in_channels, height // scale, width // scale,
+    latents = torch.randn(batch, models.latent_channels, height // scale, width // scale,
                           generator=torch.Generator("cpu").manual_seed(0)).to(models.device, models.dtype)
     with torch.inference_mode():
-        latents = denoise_loop(scheduler, guided(models.unet, cond, cond, guidance_scale), latents)
+        predict = guided(models.unet, prompt.cond, prompt.uncond, guidance_scale,
+                         **generation_inputs(models, prompt, batch, height, width))
+        latents = denoise_loop(scheduler, predict, latents)
         decode_latents(models.vae, latents)
     if models.device.type == "cuda":
         torch.cuda.synchronize(models.device)

@@ -124,17 +124,24 @@ def as_model_input(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale: float, *, extra_channels=None,
-           class_labels=None, guidance_rescale: float = 0.0):
+           class_labels=None, guidance_rescale: float = 0.0, added: tuple[dict, dict] | None = None):
     """A ``predict`` for conditional U-Nets with classifier-free guidance (Ho & Salimans 2022).
 
     ``output = uncond + w·(cond − uncond)``; with ``uncond`` None or ``w <= 1`` the model runs once.
     ``extra_channels`` (e.g. the upscaler's low-res image) are concatenated to the input.
     ``guidance_rescale`` (Lin et al. 2024) pulls the guided output's std back towards the conditional one.
+    ``added``: SDXL's (cond, uncond) ``added_cond_kwargs`` (:meth:`EncodedPrompt.added_conditions`).
     """
+    if added is None and getattr(unet.config, "addition_embed_type", None) == "text_time":
+        raise ValueError("This U-Net (SDXL) needs the pooled prompt and size ids: pass added=.")
     use_cfg = uncond is not None and guidance_scale > 1.0
     embeddings = as_model_input(torch.cat([uncond, cond]) if use_cfg else cond)
     labels = as_model_input(torch.cat([class_labels] * 2) if use_cfg and class_labels is not None else class_labels)
     extra = as_model_input(torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels)
+    unet_kwargs = {}
+    if added is not None:
+        unet_kwargs["added_cond_kwargs"] = {key: as_model_input(torch.cat([added[1][key], value]) if use_cfg else value)
+                                            for key, value in added[0].items()}
 
     model = unet.new_run() if hasattr(unet, "new_run") else unet  # step caching keeps per-run state (fast.py)
 
@@ -144,8 +151,10 @@ def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale
             model_input = torch.cat([model_input, extra.to(model_input.dtype)], dim=1)
         # timesteps as float32 whatever the sampler (DDIM's are integers, Euler's floats): one graph for all;
         # the U-Net's time embedding computes in float32 either way, so the output is the same
+        if model_input.dtype != embeddings.dtype:  # latents from a float32 (upcast) VAE beside a float16 U-Net
+            model_input = model_input.to(embeddings.dtype)
         out = model(as_model_input(model_input), as_model_input(t.float()), encoder_hidden_states=embeddings,
-                    class_labels=labels).sample
+                    class_labels=labels, **unet_kwargs).sample
         if not use_cfg:
             return out
         out_uncond, out_cond = out.chunk(2)

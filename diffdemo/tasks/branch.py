@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, make_scheduler
@@ -57,7 +58,7 @@ def validate(request: BranchRequest, run: TrajectoryRun | None, models) -> tuple
     if meta.get("every", 1) != 1:
         raise InvalidRequest("Branching needs every step of the run (the steps before the branch are replayed); "
                              "record it again with 'Keep every N-th step' set to 1.")
-    if meta.get("model") != models.name or run.x_t.shape[1] != models.unet.config.in_channels:
+    if meta.get("model") != models.name or run.x_t.shape[1] != models.latent_channels:
         raise InvalidRequest(f"This run was recorded with the model '{meta.get('model')}', not with the one this "
                              f"app runs ('{models.name}').")
     step = as_number("step", request.step, integer=True, low=0, high=len(run) - 1)
@@ -114,8 +115,10 @@ def branch(models, run: TrajectoryRun | None, request: BranchRequest, callback=N
     latents = run.x_t[step:step + 1].to(models.device, models.dtype)
     recorder = TrajectoryRecorder(latents, guidance_scale=guidance, euler_type=meta["euler_type"])
     encoded = encode_prompt(models, prompt, negative, 1)
-    predict = guided(models.unet, encoded.cond, encoded.uncond, guidance)
+    height, width = (side * models.vae_scale for side in run.x_t.shape[-2:])
     with torch.inference_mode():
+        predict = guided(models.unet, encoded.cond, encoded.uncond, guidance,
+                         **generation_inputs(models, encoded, 1, height, width))
         final = denoise_loop(scheduler, predict, latents, generator=generator,
                              callback=combine_callbacks(recorder, callback), start_index=step)
         image = tensor_to_pil(decode_latents(models.vae, final))[0]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
+from diffdemo.engine.lora import lora_infotext
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number,
@@ -115,7 +116,8 @@ def inpaint(models, request: InpaintRequest, callback: StepCallback | None = Non
     height, width = output.shape[:2]
     extra = {"Denoising strength": request.strength, "Mask blur": request.mask_blur,
              "Inpaint area": "Only masked" if request.only_masked else "Whole picture",
-             "Masked area padding": request.padding}
+             "Masked area padding": request.padding, **({"Lora hashes": notes["Lora hashes"]} if "Lora hashes" in
+                                                        notes else {})}
     result.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
                                                  request.sampler, request.guidance_scale, request.seed, width,
                                                  height, models.name, extra)
@@ -243,16 +245,20 @@ def _generate(models, request: InpaintRequest, pixels: np.ndarray, mask: np.ndar
         else:
             latents = scheduler.add_noise(z0, noise, timesteps[start:start + 1])
         prompt = encode_prompt(models, request.prompt, request.negative_prompt)
-        nine_channels = models.unet.config.in_channels == models.vae.config.latent_channels * 2 + 1
+        nine_channels = models.is_inpainting
         extra = _inpainting_channels(models, image, repaint, repaint_latent) if nine_channels else None
-        predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale, extra_channels=extra)
+        predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale, extra_channels=extra,
+                         added=prompt.added_conditions(*pixels.shape[:2]))
         blend = None if nine_channels else _known_part_blend(scheduler, z0, noise, repaint_latent)
         generator = torch.Generator("cpu").manual_seed(request.seed)
         latents = denoise_loop(scheduler, predict, latents, generator=generator, callback=callback, blend=blend,
                                start_index=start)
         decoded = tensor_to_pil(decode_latents(models.vae, latents))[0]
     method = "inpainting U-Net (mask + masked image channels)" if nine_channels else "latent blending"
-    return np.asarray(decoded), {"method": method, "start_step": start}
+    notes = {"method": method, "start_step": start}
+    if prompt.loras:
+        notes["Lora hashes"] = lora_infotext(prompt.loras)["Lora hashes"]
+    return np.asarray(decoded), notes
 
 
 def _inpainting_channels(models, image: torch.Tensor, repaint: torch.Tensor, repaint_latent: torch.Tensor):

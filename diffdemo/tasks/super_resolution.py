@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor
+from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions, resolve_seed
@@ -233,7 +234,7 @@ def img2img_mean(models, low_res: np.ndarray, count: int, generator, request, ca
     height, width = low_res.shape[:2]
     padded = pad_to(low_res, multiple)
     big = resize(padded, (padded.shape[1] * s, padded.shape[0] * s), Image.LANCZOS)
-    shape = (count, models.unet.config.in_channels, big.shape[0] // vae_scale, big.shape[1] // vae_scale)
+    shape = (count, models.latent_channels, big.shape[0] // vae_scale, big.shape[1] // vae_scale)
     noise = initial_noise(shape, generator, "cpu", torch.float32)
     prompt = encode_prompt(models, request.prompt, batch=count)
     guidance = FALLBACK_GUIDANCE if request.prompt else 1.0
@@ -248,7 +249,8 @@ def img2img_mean(models, low_res: np.ndarray, count: int, generator, request, ca
         latents = scheduler.add_noise(encode_pixels(models.vae, pixels).expand(count, -1, -1, -1),
                                       noise[:, :, ly:ly + lh, lx:lx + lw].to(models.device, models.dtype),
                                       scheduler.timesteps[start:start + 1])
-        predict = guided(models.unet, prompt.cond, prompt.uncond, guidance)
+        predict = guided(models.unet, prompt.cond, prompt.uncond, guidance,
+                         **generation_inputs(models, prompt, count, th * s, tw * s))
         latents = denoise_loop(scheduler, predict, latents, callback=callback, start_index=start)
         return decode_latents(models.vae, latents).mean(0, keepdim=True)
 

@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
+from diffdemo.engine.lora import lora_infotext
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (TaskResult, a1111_parameters, as_multiple, as_number,
@@ -57,22 +59,25 @@ def text_to_image(models, request: TextToImageRequest, callback: StepCallback | 
     scheduler.set_timesteps(request.steps, device=models.device)
     prompt = encode_prompt(models, request.prompt, request.negative_prompt, request.num_images)
     seeds = [request.seed + i for i in range(request.num_images)]
-    shape = (1, models.unet.config.in_channels, request.height // models.vae_scale, request.width // models.vae_scale)
+    shape = (1, models.latent_channels, request.height // models.vae_scale, request.width // models.vae_scale)
     # one CPU generator per image: its initial noise, then (for Euler a, DDPM) its per-step noise
     generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([initial_noise(shape, g, models.device, models.dtype) for g in generator])
     latents = latents * scheduler.init_noise_sigma
-    predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale)
     with torch.inference_mode():
+        predict = guided(models.unet, prompt.cond, prompt.uncond, request.guidance_scale,
+                         **generation_inputs(models, prompt, request.num_images, request.height, request.width))
         latents = denoise_loop(scheduler, predict, latents, generator=generator, callback=callback)
         images = tensor_to_pil(decode_latents(models.vae, latents))
     metadata = describe(models, request, seeds, time.perf_counter() - started)
     if prompt.truncated:
         metadata["truncated"] = f"The prompt was longer than the model reads; ignored: '{prompt.truncated}'."
+    if prompt.loras:
+        metadata["loras"] = [asdict(lora) for lora in prompt.loras]
     for image, seed in zip(images, seeds):
         image.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
                                                     request.sampler, request.guidance_scale, seed, request.width,
-                                                    request.height, models.name)
+                                                    request.height, models.name, lora_infotext(prompt.loras))
     return TaskResult(images=images, metadata=metadata)
 
 

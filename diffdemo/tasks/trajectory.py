@@ -167,7 +167,7 @@ def starting_noise(models, request: TrajectoryRequest) -> torch.Tensor:
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
     scheduler.set_timesteps(request.steps, device=models.device)
     side = models.native_size // models.vae_scale
-    shape = (1, models.unet.config.in_channels, side, side)
+    shape = (1, models.latent_channels, side, side)
     return initial_noise(shape, request.seed, models.device, models.dtype) * scheduler.init_noise_sigma
 
 

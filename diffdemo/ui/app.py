@@ -9,6 +9,7 @@ from diffdemo.ui.compare_tab import build_compare_tab
 from diffdemo.ui.denoise_tab import build_denoise_tab
 from diffdemo.ui.forward_tab import build_forward_tab
 from diffdemo.ui.inpaint_tab import build_inpaint_tab, connect_send_to_inpainting
+from diffdemo.ui.model_menu import build_model_menu
 from diffdemo.ui.playground_tab import build_playground_tab
 from diffdemo.ui.runner import Runner
 from diffdemo.ui.super_resolution_tab import build_super_resolution_tab
@@ -26,20 +27,22 @@ EMBEDDED_LINE = ("The built-in model was trained from scratch on a world of colo
                  "(circle, square, triangle, star or heart), its colour, size, position and the background colour.")
 
 
-def build_demo(models, output_dir=None) -> gr.Blocks:
+def build_demo(models, output_dir=None, switcher=None) -> gr.Blocks:
     """The whole app for ``models`` (a loaded ``ModelSet``). Call ``.queue()``/``.launch()`` on the result.
+    ``switcher`` (an ``engine.switching.ModelSwitcher``, from ``--models-dir``) adds the model menu.
 
     Built on the model thread, where the runner also runs every task: the tabs draw their examples with torch, and
     a second thread using torch would slow every model call on a CPU (see :mod:`diffdemo.engine.threads`)."""
-    return model_thread().run(_build_demo, models, output_dir)
+    return model_thread().run(_build_demo, models, output_dir, switcher)
 
 
-def _build_demo(models, output_dir) -> gr.Blocks:
-    runner = Runner(models, output_dir)
+def _build_demo(models, output_dir, switcher=None) -> gr.Blocks:
+    runner = Runner(models, output_dir, switcher)
     embedded = "embedded" in models.name
     model_line = EMBEDDED_LINE if embedded else f"Model: `{models.name}`."
     with gr.Blocks(title="diffdemo", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(INTRO.format(model_line=model_line))
+        build_model_menu(runner, GPU_GROUP)
         with gr.Tabs() as tabs:
             with gr.Tab("Text to image"):
                 text_to_image = build_text_to_image_tab(runner, GPU_GROUP)

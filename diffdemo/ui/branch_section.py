@@ -20,6 +20,7 @@ def build_branch_section(runner: Runner, gpu_group: str, trajectory: dict) -> di
     """An accordion (``/branch`` API) under the trajectory tab's views; ``trajectory`` is what
     :func:`~diffdemo.ui.trajectory_tab.build_trajectory_tab` returned (run-id state, step slider, run store)."""
     comparisons, comparison_id = RunStore(size=2), gr.State(None)
+    runner.on_switch.append(comparisons.clear)
     with gr.Accordion("Branch: continue from this step with another prompt or guidance", open=False):
         gr.Markdown(EXPLANATION)
         with gr.Row():

@@ -84,6 +84,7 @@ def numbers_table(rows: list[dict]) -> str:
 def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab (``/compare`` API); returns its comparison-id state."""
     store, comparison_id = RunStore(), gr.State(None)
+    runner.on_switch.append(store.clear)
     with gr.Row():
         with gr.Column(scale=1):
             prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()

@@ -28,14 +28,14 @@ VIEWS = ("x₀ (as used)", "x_t in latent space (decoded)", "x_t in pixel space"
 
 def build_forward_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab's components and events (``/forward``); returns its input image."""
-    models = runner.models
-    last = models.scheduler.config.num_train_timesteps - 1
-    schedules: dict = {}  # sampler -> noise_schedule(...), filled on first use
+    last = runner.models.scheduler.config.num_train_timesteps - 1
+    schedules: dict = {}  # (model, sampler) -> noise_schedule(...), filled on first use
 
     def plots(sampler: str, t: int) -> tuple:
-        if sampler not in schedules:
-            schedules[sampler] = noise_schedule(models, sampler)
-        return schedule_frames(schedules[sampler], int(t))
+        models = runner.models  # the one loaded now (models can be switched)
+        if (models.name, sampler) not in schedules:
+            schedules[models.name, sampler] = noise_schedule(models, sampler)
+        return schedule_frames(schedules[models.name, sampler], int(t))
 
     with gr.Row():
         with gr.Column(scale=1):

@@ -14,6 +14,7 @@ from pathlib import Path
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from diffdemo.engine.lora import LoraError
 from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
 from diffdemo.tasks.common import free_memory, is_out_of_memory
@@ -40,8 +41,10 @@ class Runner:
     ``max_outputs`` bound the result folders.
     """
 
-    def __init__(self, models, output_dir: str | Path | None = None):
+    def __init__(self, models, output_dir: str | Path | None = None, switcher=None):
         self.models = models
+        self.switcher = switcher  # an engine.switching.ModelSwitcher when --models-dir was given, else None
+        self.on_switch: list = []  # called before a switch: whatever keeps results of the old model forgets them
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="diffdemo-"))
         self.output_ttl = OUTPUT_TTL_SECONDS
         self.max_outputs = MAX_OUTPUT_FOLDERS
@@ -73,7 +76,7 @@ class Runner:
             check_uploads(task_request)
             with self._model_lock:
                 result = self._call(task, task_request, event, progress)
-        except InvalidRequest as error:
+        except (InvalidRequest, LoraError) as error:
             raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
         except Cancelled:
             raise gr.Error("Stopped. Press Generate to start again.", title="Stopped", print_exception=False) from None
@@ -89,6 +92,29 @@ class Runner:
         if result is _OUT_OF_MEMORY:
             raise gr.Error(OUT_OF_MEMORY, title="Out of memory", print_exception=False)
         return result
+
+    def model_names(self) -> list[str]:
+        """The models that :meth:`switch_model` can load (empty when switching is off)."""
+        return self.switcher.names() if self.switcher is not None else []
+
+    def switch_model(self, name: str) -> str:
+        """Loads the model ``name`` in place of the current one, under the model lock (runs in progress finish
+        first); the previous model and the runs made with it are freed. Raises ``gr.Error`` with the reason."""
+        from diffdemo.engine.loading import ModelLoadError
+
+        if self.switcher is None:
+            raise gr.Error("Switching models is off: start the app with --models-dir FOLDER.", print_exception=False)
+        with self._model_lock:
+            for forget in self.on_switch:
+                forget()
+            self.models = None
+            try:
+                model_thread().run(self.switcher.switch, name)
+            except ModelLoadError as error:
+                raise gr.Error(str(error), title="Model not loaded", print_exception=False) from None
+            finally:
+                self.models = self.switcher.current
+        return self.switcher.current_name
 
     def _call(self, task, task_request, event: threading.Event, progress):
         """Runs the task (holding the model lock); after running out of memory, frees it and returns a marker."""

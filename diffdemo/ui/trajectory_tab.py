@@ -47,6 +47,11 @@ class RunStore:
     def __init__(self, size: int = KEEP_RUNS):
         self.size, self._runs, self._lock = size, OrderedDict(), threading.Lock()
 
+    def clear(self) -> None:
+        """Forgets every run (they hold the model set they were made with, e.g. before a model switch)."""
+        with self._lock:
+            self._runs.clear()
+
     def add(self, run) -> str:
         run_id = uuid.uuid4().hex
         with self._lock:
@@ -64,6 +69,7 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab (``/trajectory`` API); returns its run-id state, step slider and run store (the branch
     section continues the run shown)."""
     store = RunStore()
+    runner.on_switch.append(store.clear)
     with gr.Row():
         with gr.Column(scale=1):
             prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
