@@ -1,4 +1,5 @@
-"""Writes the CLIP BPE tokenizer files shipped in diffdemo/configs/clip_tokenizer/ from CLIP's own vocabulary.
+"""Writes the CLIP BPE tokenizer files shipped in diffdemo/configs/clip_tokenizer/ from CLIP's own vocabulary
+(``python -m diffdemo.configs.make_clip_tokenizer VOCAB.txt.gz``).
 
 Every Stable Diffusion text encoder (SD 1.x's CLIP ViT-L, SD 2.x's and SDXL's OpenCLIP ViT-H/bigG) uses the same
 49,408-token byte-level BPE; only the padding token differs, which the loader sets. The source is
@@ -6,7 +7,7 @@ Every Stable Diffusion text encoder (SD 1.x's CLIP ViT-L, SD 2.x's and SDXL's Op
 
     pip download --no-deps open-clip-torch==3.3.0 -d build/ && unzip -o build/open_clip_torch-*.whl \
         open_clip/bpe_simple_vocab_16e6.txt.gz -d build/ && \
-        python scripts/make_clip_tokenizer.py build/open_clip/bpe_simple_vocab_16e6.txt.gz
+        python -m diffdemo.configs.make_clip_tokenizer build/open_clip/bpe_simple_vocab_16e6.txt.gz
 
 The output matches the files transformers' CLIPTokenizer reads (vocab.json, merges.txt): byte symbols, the same with
 ``</w>`` (end of word), one token per merge, then ``<|startoftext|>`` and ``<|endoftext|>``.
