@@ -121,3 +121,16 @@ def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
     assert torch.allclose(y - target, x, atol=1e-5)  # Tweedie's x̂0 = y − s·ε' is the clean image (s = 1 here)
     untouched, same = clip_some(x, noise, alpha_bar, share=0.0)
     assert torch.equal(same, noise)
+
+
+def test_the_stage_clock_does_not_count_a_pause():
+    """``--max-minutes-per-stage`` counts training, not the time the process was stopped beside other work."""
+    from diffdemo.world.training import ActiveClock
+
+    clock = ActiveClock(seconds=5.0)
+    for _ in range(5):
+        clock.last -= 2.0  # steps of 2 s
+        clock.tick()
+    clock.last -= 600.0  # stopped for 10 minutes
+    clock.tick()
+    assert 16.5 < clock.seconds < 17.5  # 5 + 5 steps of 2 s + one usual step for the pause

@@ -169,11 +169,11 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
     for m in modules:
         m.train()
     curve, done = state["curve"], state["done"]
-    running, start, saved = torch.zeros((), device=device), time.time() - state["seconds"], time.time()
-    resumed_at = time.time()
+    running, clock, saved = torch.zeros((), device=device), ActiveClock(state["seconds"]), time.time()
     every = max(1, min(100, steps // 20))
     since = done % every  # steps in ``running``
     for step in range(done, steps):
+        clock.tick()
         with autocast(device):
             loss = loss_fn(step)
         optimizer.zero_grad(set_to_none=True)
@@ -190,13 +190,13 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
             curve.append([done, round(mean, 5)])
             running.zero_()
             since = 0
-            rate = (done - state["done"]) / max(time.time() - resumed_at, 1e-9)
+            rate = (done - state["done"]) / max(clock.seconds - state["seconds"], 1e-9)
             print(f"[{name}] step {done}/{steps} loss {mean:.5f} ({rate:.2f} it/s)", flush=True)
-        out_of_time = cfg.max_minutes_per_stage and time.time() - start > 60 * cfg.max_minutes_per_stage
+        out_of_time = cfg.max_minutes_per_stage and clock.seconds > 60 * cfg.max_minutes_per_stage
         if checkpoint is not None and since == 0 and (
                 done == steps or out_of_time or time.time() - saved > 60 * cfg.checkpoint_minutes):
             _save_checkpoint(checkpoint, modules, optimizer, schedule, averages, rngs,
-                             {"done": done, "curve": curve, "seconds": time.time() - start})
+                             {"done": done, "curve": curve, "seconds": clock.seconds})
             saved = time.time()
         if out_of_time:
             break
@@ -204,7 +204,26 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
         average.copy_to(m.parameters())
     for m in modules:
         m.eval()
-    return {"steps": done, "seconds": round(time.time() - start, 1), "loss_curve": curve}
+    clock.tick()
+    return {"steps": done, "seconds": round(clock.seconds, 1), "loss_curve": curve}
+
+
+class ActiveClock:
+    """Seconds of training, not counting the time the process was paused (stopped, or starved by other work):
+    ``tick()`` once a step; a gap over 20× the usual step and over 30 s counts as one usual step."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds, self.last, self.usual = seconds, time.time(), None
+
+    def tick(self) -> float:
+        now = time.time()
+        gap, self.last = now - self.last, now
+        if self.usual is not None and gap > max(30.0, 20 * self.usual):
+            gap = self.usual
+        elif gap > 0:
+            self.usual = gap if self.usual is None else 0.9 * self.usual + 0.1 * gap
+        self.seconds += gap
+        return self.seconds
 
 
 def _save_checkpoint(path: Path, modules, optimizer, schedule, averages, rngs, state: dict) -> None:
