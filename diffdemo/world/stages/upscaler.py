@@ -21,18 +21,18 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
 
     init = init_folder(cfg, "upscaler")
     low = cfg.image_size // 4
-    if init is not None:  # a fine-tune keeps the latent space (and so the 0.08333 scaling) of the start
+    if init is not None:  # a fine-tune: both start from init_from/upscaler, and the U-Net learns the new latents
         vae = AutoencoderKL.from_pretrained(init / "vae", torch_dtype=torch.float32).to(device)
-        vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
-                                    out / "checkpoints" / "upscaler_vae.pt", teacher=None)
         unet = UNet2DConditionModel.from_pretrained(init / "unet", torch_dtype=torch.float32).to(device)
     else:
         vae = models.upscaler_vae(cfg.preset, cfg.image_size).to(device)
-        vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
-                                    out / "checkpoints" / "upscaler_vae.pt")
-        rescale_latent_space(vae, 1.0 / (models.UPSCALER_SCALING_FACTOR * vae_log["latent_std"]))
-        vae.register_to_config(scaling_factor=models.UPSCALER_SCALING_FACTOR)
         unet = models.upscaler_unet(cfg.preset, low, models._WIDTHS[cfg.preset]["text"]).to(device)
+    vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
+                                out / "checkpoints" / "upscaler_vae.pt")
+    std = _scaled_latent_std(vae, ImageStream(cfg, cfg.seed + 8, cfg.image_size, device))
+    rescale_latent_space(vae, 1.0 / std)  # unit variance at the pipeline's fixed scaling factor
+    vae.register_to_config(scaling_factor=models.UPSCALER_SCALING_FACTOR)
+    vae_log["latent_std_rescaled_from"] = std
     vae.requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     low_res_schedule = DDPMScheduler(**models.UPSCALER_NOISE_SCHEDULE)
@@ -61,6 +61,14 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     models.latent_scheduler().save_pretrained(folder / "scheduler")
     low_res_schedule.save_pretrained(folder / "low_res_scheduler")
     return {"vae": vae_log, "unet": log}
+
+
+def _scaled_latent_std(vae, stream: ImageStream, n: int = 256) -> float:
+    """The std of ``n`` training images' latents times the pipeline's scaling factor (1.0 = what the U-Net wants)."""
+    _, x = stream.batch(n)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(c).latent_dist.sample() for c in x.split(64)])
+    return z.std().item() * models.UPSCALER_SCALING_FACTOR
 
 
 def upscaler_pool(vae, stream: ImageStream, n: int, low: int):
