@@ -56,6 +56,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mcp", action="store_true",
                         help="also serve the API endpoints as MCP tools at /gradio_api/mcp/ "
                              "(needs pip install \"gradio[mcp]\")")
+    limits = parser.add_argument_group("limits for public hosting (see README, Deploy)")
+    limits.add_argument("--max-cost", type=float, default=os.environ.get("DIFFDEMO_MAX_COST"), metavar="SECONDS",
+                        help="refuse requests estimated to need more model time than this on this machine "
+                             "(default 30; 60 on a local GPU; env DIFFDEMO_MAX_COST)")
+    limits.add_argument("--job-seconds", type=float, default=os.environ.get("DIFFDEMO_JOB_SECONDS"),
+                        metavar="SECONDS", help="stop a job at the end of the step that passes this (default: twice "
+                                                "--max-cost; env DIFFDEMO_JOB_SECONDS)")
+    limits.add_argument("--jobs-per-session", type=int, default=os.environ.get("DIFFDEMO_JOBS_PER_SESSION"),
+                        metavar="N", help="jobs one visitor may have waiting or running (default 2 when public, "
+                                          "else 4; env DIFFDEMO_JOBS_PER_SESSION)")
+    limits.add_argument("--admin-token", default=os.environ.get("DIFFDEMO_ADMIN_TOKEN"), metavar="TOKEN",
+                        help="turn on /diffdemo/admin/jobs and /diffdemo/admin/cancel for whoever sends "
+                             "'Authorization: Bearer TOKEN' (env DIFFDEMO_ADMIN_TOKEN)")
     parser.add_argument("--device", help="cuda, cuda:1, mps or cpu (default: what accelerate finds)")
     parser.add_argument("--dtype", choices=["auto", "float16", "bfloat16", "float32"], default="auto",
                         help="default: float16 on CUDA, float32 elsewhere")
@@ -70,14 +83,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build_app(args: argparse.Namespace):
     """Loads the models once and builds the app; returns ``(demo, launch plan)``. A model that cannot be loaded
     ends the program with one line saying why."""
-    from diffdemo.ui.space import add_notice, gpu_decorator, licence_notice, model_device, wrap_model_events
+    from diffdemo.ui.space import (add_notice, gpu_decorator, licence_notice, model_device, on_zero_gpu,
+                                   wrap_model_events)
 
     gpu = gpu_decorator()  # first: on ZeroGPU, `spaces` must be imported before CUDA is initialised
     from diffdemo.engine import ModelLoadError, load_models
     from diffdemo.ui.app import GPU_GROUP, build_demo, configure_queue
-    from diffdemo.ui.launch import plan_launch
+    from diffdemo.ui.launch import plan_launch, with_limits
 
     from diffdemo.engine.fast import FastPath, warm_up
+    from diffdemo.engine.speed import GPU_GUESS, measure_speeds
     from diffdemo.engine.threads import model_thread
 
     # loaded and compiled on the thread where the UI is built and runs every task: a second thread using torch
@@ -104,7 +119,9 @@ def build_app(args: argparse.Namespace):
     demo = configure_queue(demo)
     if gpu is not None:
         wrap_model_events(demo, GPU_GROUP, gpu)
-    return demo, plan_launch(args)
+    # requests are priced at this machine's speed (no GPU to time on ZeroGPU before a request: a rough guess)
+    speeds = GPU_GUESS if on_zero_gpu() else model_thread().run(measure_speeds, models)
+    return demo, with_limits(demo, plan_launch(args), args, models, speeds)
 
 
 def model_switcher(args, models, options):
@@ -129,10 +146,9 @@ def main(argv=None) -> None:
     # OMP_WAIT_POLICY=PASSIVE here); beside other busy programs PASSIVE or OMP_NUM_THREADS=1 is better: see
     # "OpenMP settings" in docs/BENCHMARKS.md (python bench/openmp.py)
     demo, plan = build_app(args)
-    from diffdemo.ui.app import MAX_FILE_SIZE
     from diffdemo.ui.launch import launch
 
-    launch(demo, plan, max_file_size=MAX_FILE_SIZE)  # only our gr.Error messages reach the browser
+    launch(demo, plan)  # the upload cap and the request guard are in the plan (ui/limits.py)
 
 
 if __name__ == "__main__":

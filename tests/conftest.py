@@ -116,12 +116,16 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def live_app(embedded_models, tmp_path_factory):
-    """The whole app with the embedded model, launched once in this process; has ``url`` and ``port``."""
+    """The whole app with the embedded model, launched once in this process with app.py's limits; has ``url`` and
+    ``port``."""
     from diffdemo.ui.app import build_demo, configure_queue
+    from diffdemo.ui.limits import install_limits
+    from fast_app import local_limits, speeds
 
     demo = configure_queue(build_demo(embedded_models, output_dir=tmp_path_factory.mktemp("outputs")))
+    extra = install_limits(demo, local_limits(), speeds())
     port = free_port()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, **extra)
     try:
         yield SimpleNamespace(url=url, port=port, demo=demo)
     finally:

@@ -42,18 +42,35 @@ def fast_model_set(tiny_models, embedded_models):
     return dataclasses.replace(tiny_models, denoiser=embedded_models.denoiser)
 
 
+def speeds():
+    """Fixed model speeds for pricing requests in tests (seconds per call; the tiny models take about this)."""
+    from diffdemo.engine.speed import Speeds
+
+    return Speeds(unet=0.01, vae=0.01, upscaler=0.01, upscaler_vae=0.01, denoiser=0.01)
+
+
+def local_limits(**changes):
+    """The limits app.py sets for a local CPU server (no environment variables), with ``changes``."""
+    from diffdemo.ui.limits import Limits
+
+    return dataclasses.replace(Limits.for_server(public=False, gpu=False, environ={}), **changes)
+
+
 @contextlib.contextmanager
-def launched(models, output_dir, *, delete_cache: tuple[int, int] | None = None):
-    """The whole app for ``models``, launched as app.py does (queue, upload cap, errors shown); yields a namespace
-    with ``url``, ``port``, ``demo`` and ``runner``. ``delete_cache`` overrides the cache clean-up schedule."""
-    from diffdemo.ui.app import MAX_FILE_SIZE, build_demo, configure_queue
+def launched(models, output_dir, *, delete_cache: tuple[int, int] | None = None, limits=None, auth=None):
+    """The whole app for ``models``, launched as app.py does (queue, limits and request guard, errors shown);
+    yields a namespace with ``url``, ``port``, ``demo`` and ``runner``. ``delete_cache`` overrides the cache
+    clean-up schedule; ``limits`` (default :func:`local_limits`) and ``auth`` as app.py's options would set them."""
+    from diffdemo.ui.app import build_demo, configure_queue
+    from diffdemo.ui.limits import install_limits
 
     demo = build_demo(models, output_dir=output_dir)
     if delete_cache is not None:
         demo.delete_cache = delete_cache
     demo = configure_queue(demo)
+    extra = install_limits(demo, limits or local_limits(), speeds())
     port = free_port()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, max_file_size=MAX_FILE_SIZE)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=port, quiet=True, auth=auth, **extra)
     try:
         yield SimpleNamespace(url=url, port=port, demo=demo, runner=demo.runner)
     finally:
@@ -219,17 +236,17 @@ def stop_fn_index(demo) -> int:
                 if fn.fn == demo.runner.stop and any(trigger == "click" for _, trigger in fn.targets))
 
 
-def raw_result(url: str, fn: int, data: list) -> dict:
-    """Joins the queue with ``data`` sent as it is (no client-side processing) and returns the completed message:
-    ``{"success": bool, "output": {"data": [...]} or {"error": "..."}}``."""
-    session = uuid.uuid4().hex[:12]
+def raw_result(url: str, fn: int, data: list, session: str | None = None) -> dict:
+    """Joins the queue with ``data`` sent as it is (no client-side processing; a new session unless ``session``
+    is given) and returns the completed message: ``{"success": bool, "output": {"data": [...]} or {"error": ""}}``."""
+    session = session or uuid.uuid4().hex[:12]
     base = url.rstrip("/")
     body = {"data": data, "fn_index": fn, "session_hash": session, "event_data": None, "trigger_id": None}
     with httpx.Client(timeout=TIMEOUT) as http:  # json.dumps writes NaN and Infinity, as some clients do
         joined = http.post(f"{base}/gradio_api/queue/join", content=json.dumps(body),
                            headers={"content-type": "application/json"})
-        if joined.status_code != 200:
-            return {"success": False, "status": joined.status_code, "output": {"error": joined.text}}
+        if joined.status_code != 200:  # refused before it was queued: the message(s), as clients show them
+            return {"success": False, "status": joined.status_code, "output": {"error": refusal(joined)}}
         with http.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}) as stream:
             for line in stream.iter_lines():
                 if line.startswith("data:"):
@@ -237,6 +254,17 @@ def raw_result(url: str, fn: int, data: list) -> dict:
                     if message.get("msg") == "process_completed":
                         return message
     raise AssertionError("the event stream ended without a result")
+
+
+def refusal(response: httpx.Response) -> str:
+    """The message of a refused queue join: a validator's messages (422), else the detail or the text."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        return response.text
+    if isinstance(detail, list):
+        return " ".join(d.get("message", "") for d in detail if isinstance(d, dict) and d.get("is_valid") is False)
+    return detail if isinstance(detail, str) else response.text
 
 
 # --- test images ---------------------------------------------------------------------------------------------

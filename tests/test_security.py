@@ -75,7 +75,7 @@ def test_no_model_event_can_skip_the_queue(app):
     queued = {i: fn for i, fn in app.demo.fns.items() if fn.queue and fn.fn != app.runner.stop}
     assert len(queued) >= 5
     for index, fn in queued.items():
-        body = {"data": [], "fn_index": index, "session_hash": "probe"}
+        body = {"data": [None] * len(fn.inputs), "fn_index": index, "session_hash": "probe"}
         if fn.api_name:
             for route in ("run", "api"):
                 response = httpx.post(f"{app.url}gradio_api/{route}/{fn.api_name}", json={"data": []}, timeout=30)

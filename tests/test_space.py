@@ -114,7 +114,8 @@ def test_space_mode_builds_without_the_spaces_package(space_env, monkeypatch):
         assert plan.kwargs["share"] is False
         model, _ = split_events(demo)
         assert MODEL_API <= {fn.name for fn in model}
-        assert not any(hasattr(fn.fn, "__wrapped__") for fn in model)
+        assert all(hasattr(fn.fn, "ungated") for fn in model)  # the job gate's wrapper (ui/limits.py), and
+        assert not any(hasattr(fn.fn.ungated, "__wrapped__") for fn in model)  # nothing else: no spaces.GPU
         notices = [block.value for block in demo.blocks.values()
                    if getattr(block, "elem_id", None) == "licence-notice"]
         assert len(notices) == 1 and str(space_env) in notices[0] and "OpenRAIL-M" in notices[0]

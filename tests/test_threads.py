@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import time
 
 import pytest
 import torch
@@ -97,6 +98,26 @@ def test_work_beside_the_model_thread_runs_on_one_cpu_thread_and_on_it_with_all(
     worker = model_thread()
     assert counts() == 1
     assert worker.run(counts) == worker.num_threads
+
+
+def test_work_beside_the_model_thread_runs_one_call_at_a_time():
+    inside, most, lock = [0], [0], threading.Lock()
+
+    @single_threaded_beside
+    def decode():  # what many visitors scrubbing at once ask for
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)
+        with lock:
+            inside[0] -= 1
+
+    threads = [threading.Thread(target=decode) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most[0] == 1
 
 
 def test_the_app_runs_torch_with_more_than_one_cpu_thread_only_on_the_model_thread(tiny_models, tmp_path):

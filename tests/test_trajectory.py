@@ -147,7 +147,7 @@ def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
     from diffdemo.ui.runner import Runner
     from diffdemo.ui.trajectory_tab import RunStore, _scrub_handler, _trajectory_handler
 
-    runner, store = Runner(tiny_models, tmp_path), RunStore(size=2)
+    runner, store = Runner(tiny_models, tmp_path), RunStore(per_session=2)
     handler = _trajectory_handler(runner, store)
     updates = list(handler(PROMPT, steps=4, every=2, seed=3, decode="fast", preview_every=3))
     assert [u[6] for u in updates[:-2]] == ["step 1/4", "step 4/4"]
@@ -156,7 +156,7 @@ def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
     assert len(gallery) == 2 and status == "done: 2 frames" and len(files) == 7
     *views, line = _scrub_handler(store)(run_id, 1)
     assert all(v.size == (64, 64) for v in views) and "step 3/4" in line
-    for _ in range(2):  # older runs are dropped: at most `size` are held
+    for _ in range(2):  # older runs are dropped: at most `per_session` are held for one session
         list(handler(PROMPT, steps=1, seed=3, decode="fast"))
     assert store.get(run_id) is None
 

@@ -23,6 +23,7 @@ import torch
 
 _lock = threading.Lock()
 _current: "ModelThread | None" = None
+_beside = threading.Lock()  # one call beside the model thread at a time, whoever asks: one CPU core at most
 
 
 class ModelThread:
@@ -89,13 +90,14 @@ def one_thread():
 
 def single_threaded_beside(fn):
     """Decorates quick model work that the UI may call from any thread, beside a running job (a scrub's decode):
-    on the model thread it runs as it is; anywhere else under :func:`one_thread`."""
+    on the model thread it runs as it is; anywhere else under :func:`one_thread`, one such call at a time in the
+    whole process, so that visitors scrubbing at once take one core from the job, not all of them."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         if _current is not None and _current.is_current:
             return fn(*args, **kwargs)
-        with one_thread():
+        with _beside, one_thread():
             return fn(*args, **kwargs)
 
     return wrapper

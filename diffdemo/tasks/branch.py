@@ -22,6 +22,7 @@ from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions
 from diffdemo.tasks.compare import Comparison, rms
+from diffdemo.tasks.saved_run import check_saved_run
 from diffdemo.tasks.text_to_image import MAX_GUIDANCE
 from diffdemo.tasks.trajectory import TrajectoryRecorder, TrajectoryRun, epsilon, json_numbers, load_run
 
@@ -42,12 +43,17 @@ class BranchRequest:
 
 
 def read_run(path, models) -> TrajectoryRun:
-    """A run saved by the trajectory tab (``trajectory-run.safetensors``); raises InvalidRequest if it is not one."""
+    """A run saved by the trajectory tab (``trajectory-run.safetensors``), every field checked against the live
+    endpoints' limits (:mod:`.saved_run`); raises InvalidRequest if it is not one."""
     try:
-        return load_run(path, models)
-    except Exception:  # safetensors/JSON errors: the user gave another file
+        run = load_run(path, models)
+        check_saved_run(run, models)
+    except InvalidRequest:
+        raise
+    except Exception:  # noqa: BLE001 - safetensors, JSON or missing keys alike: the user gave another file
         raise InvalidRequest("That file is not a saved trajectory run; use the trajectory-run.safetensors the "
                              "Trajectory tab lets you download.") from None
+    return run
 
 
 def validate(request: BranchRequest, run: TrajectoryRun | None, models) -> tuple[int, str, str, float]:

@@ -13,8 +13,9 @@ HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 
 
-def open_image(value, name: str, *, max_pixels: int, max_side: int):
-    """A PIL image from a PIL image, a uint8/bool array, a file path or bytes; checks the size before decoding."""
+def open_image(value, name: str, *, max_pixels: int, max_side: int, decode: bool = True):
+    """A PIL image from a PIL image, a uint8/bool array, a file path or bytes; checks the size before decoding.
+    With ``decode`` False only the file's header is read (the size, for a request's cost): close it after use."""
     if value is None:
         raise InvalidRequest(f"No {name} was given; upload an image.")
     try:
@@ -27,7 +28,8 @@ def open_image(value, name: str, *, max_pixels: int, max_side: int):
         if not isinstance(value, Image.Image):
             raise InvalidRequest(f"The {name} must be an image; got {type(value).__name__}.")
         check_size(*value.size, f"The {name}", max_pixels=max_pixels, max_side=max_side)
-        value.load()
+        if decode:
+            value.load()
     except InvalidRequest:
         raise
     except Image.DecompressionBombError as error:

@@ -19,7 +19,7 @@ so with unchanged settings the branch ends where the original did. Needs a run k
 def build_branch_section(runner: Runner, gpu_group: str, trajectory: dict) -> dict:
     """An accordion (``/branch`` API) under the trajectory tab's views; ``trajectory`` is what
     :func:`~diffdemo.ui.trajectory_tab.build_trajectory_tab` returned (run-id state, step slider, run store)."""
-    comparisons, comparison_id = RunStore(size=2), gr.State(None)
+    comparisons, comparison_id = RunStore(), gr.State(None)
     runner.on_switch.append(comparisons.clear)
     with gr.Accordion("Branch: continue from this step with another prompt or guidance", open=False):
         gr.Markdown(EXPLANATION)
@@ -67,7 +67,7 @@ def _branch_handler(runner: Runner, runs: RunStore, comparisons: RunStore):
         text = (f"Branched at step {meta['branched_from']['step'] + 1} (t = {meta['branched_from']['t']}); "
                 f"final latents differ from the original's by RMS {meta['final_rms_vs_original']:.3g}. "
                 f"Sampler state: {meta['solver_state']}")
-        yield meta, text, comparisons.add(result.extras["comparison"])
+        yield meta, text, comparisons.add(result.extras["comparison"], request)
 
     branch_event.__name__ = "branch"
     return branch_event

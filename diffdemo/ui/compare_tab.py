@@ -83,7 +83,7 @@ def numbers_table(rows: list[dict]) -> str:
 
 def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab (``/compare`` API); returns its comparison-id state."""
-    store, comparison_id = RunStore(), gr.State(None)
+    store, comparison_id = RunStore(total=8), gr.State(None)  # a comparison holds up to 4 runs
     runner.on_switch.append(store.clear)
     with gr.Row():
         with gr.Column(scale=1):
@@ -138,7 +138,7 @@ def _compare_handler(runner: Runner, store: RunStore):
         gallery = list(zip(runner.save_images(result), comparison.labels))
         note = result.metadata.get("step_count_note", {}).get("text", "")
         yield (gallery, result.metadata, note, result.images[-1], f"done: {len(comparison.runs)} runs",
-               store.add(comparison))
+               store.add(comparison, request))
 
     compare_event.__name__ = "compare"
     return compare_event

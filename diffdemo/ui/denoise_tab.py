@@ -1,7 +1,6 @@
 """The denoising tab: add noise σ to an image (or upload a noisy one) -> diffusion vs classical results, PSNR/SSIM."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -36,7 +35,7 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
                 run_button = gr.Button("Denoise", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
             sweep_button = gr.Button("PSNR vs noise level (σ = 10…100, this image as the clean one)", size="sm")
-            _add_examples(image, sigma)
+            _add_examples(image, sigma, Path(runner.output_dir) / "denoise-examples")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
@@ -95,9 +94,9 @@ def score_table(metrics: dict) -> str:
                       f"Classical shows: {best}."])
 
 
-def _add_examples(image, sigma) -> None:
-    """World images rendered now into a temp folder: clean ones at several σ and one already noisy (σ = 0)."""
-    folder = Path(tempfile.mkdtemp(prefix="diffdemo-denoise-examples-"))
+def _add_examples(image, sigma, folder: Path) -> None:
+    """World images rendered now into ``folder``: clean ones at several σ and one already noisy (σ = 0)."""
+    folder.mkdir(parents=True, exist_ok=True)
     examples = []
     for i, (picture, level) in enumerate(example_images()):
         path = folder / f"example-{i}.png"

@@ -1,7 +1,6 @@
 """The forward-process tab: noise an image to any t (latent and pixel space) and plot β_t, ᾱ_t and SNR(t)."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -46,7 +45,7 @@ def build_forward_tab(runner: Runner, gpu_group: str) -> dict:
                 sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler (whose schedule)")
                 seed = gr.Number(value=0, precision=0, label="Noise seed (-1 = random)")
             run_button = gr.Button("Noise it", variant="primary")
-            _add_examples(image, t)
+            _add_examples(image, t, Path(runner.output_dir) / "forward-examples")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
@@ -130,9 +129,9 @@ def describe_numbers(metadata: dict) -> str:
             f"{metadata['vae_round_trip_psnr']:.1f} dB PSNR. {metadata['seconds']:.1f} s.")
 
 
-def _add_examples(image, t) -> None:
-    """Clean world images rendered now into a temp folder, each paired with a timestep to try."""
-    folder = Path(tempfile.mkdtemp(prefix="diffdemo-forward-examples-"))
+def _add_examples(image, t, folder: Path) -> None:
+    """Clean world images rendered now into ``folder``, each paired with a timestep to try."""
+    folder.mkdir(parents=True, exist_ok=True)
     clean = [picture for picture, sigma in example_images() if sigma > 0]
     examples = []
     for i, (picture, timestep) in enumerate(zip(clean, (250, 500, 750))):

@@ -14,8 +14,10 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, InpaintRequest, inpaint
+from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, InpaintRequest, InvalidRequest, inpaint
+from diffdemo.tasks.inpaint import MAX_PIXELS, MAX_SIDE
 from diffdemo.ui.runner import Runner
+from diffdemo.ui.uploads import uploaded_image
 from diffdemo.world.scene import COLOURS
 
 EXAMPLE_PROMPTS = ["a large yellow circle in the center on a blue background",
@@ -54,8 +56,9 @@ def build_inpaint_tab(runner: Runner, gpu_group: str) -> dict:
     mask = gr.Image(type="pil", image_mode=None, format="png", visible=False, label="mask")
     _add_examples(runner, editor, mask_upload, settings)
     run = _inpaint_handler(runner)
-    split = generate.click(split_editor, [editor, mask_upload], [image, mask], api_visibility="private",
-                           queue=False)
+    # preprocess=False: the pictures are opened by the app, their size checked before a pixel is decoded
+    split = generate.click(split_uploads, [editor, mask_upload], [image, mask], api_visibility="private",
+                           queue=False, preprocess=False)
     event = split.success(run, inputs_kwargs={"image": image, "mask": mask, **settings},
                           outputs=[result, changed, metadata], api_name="inpaint", concurrency_id=gpu_group,
                           preprocess=False)
@@ -119,6 +122,21 @@ def _uploaded(payload):
     if isinstance(payload, dict):
         return payload.get("path")
     return getattr(payload, "path", payload)
+
+
+def split_uploads(value, uploaded_mask=None) -> tuple:
+    """:func:`split_editor` on the payloads as the page sends them: only files Gradio received, each checked against
+    the inpainting size limit before it is decoded, so a small file that decodes huge is refused unread."""
+    limits = dict(max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
+    try:
+        layers = value.get("layers") if isinstance(value, dict) else None
+        editor = {"background": uploaded_image(value.get("background"), "image", mode="RGBA", **limits),
+                  "layers": [uploaded_image(layer, "image", mode="RGBA", **limits)
+                             for layer in (layers if isinstance(layers, list) else [])]} \
+            if isinstance(value, dict) else None
+        return split_editor(editor, uploaded_image(uploaded_mask, "mask", mode="L", **limits))
+    except InvalidRequest as error:
+        raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
 
 
 def split_editor(value, uploaded_mask=None) -> tuple:

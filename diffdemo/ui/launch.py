@@ -12,9 +12,11 @@ import importlib.util
 import io
 import os
 import secrets
+import signal
+import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from diffdemo.ui.space import on_spaces, server_address
 
@@ -67,6 +69,20 @@ def plan_launch(args: argparse.Namespace, environ: Mapping[str, str] = os.enviro
     return LaunchPlan(dict(server_name=host, server_port=port, share=share, auth=auth, mcp_server=mcp), notes)
 
 
+def with_limits(demo, plan: LaunchPlan, args: argparse.Namespace, models, speeds) -> LaunchPlan:
+    """Installs the app's limits (:mod:`diffdemo.ui.limits`: stricter when strangers can reach it, from ``args``'
+    ``max_cost``, ``job_seconds``, ``jobs_per_session``, ``admin_token`` and the environment) and returns the plan
+    with what ``launch()`` needs for them, and a line saying what they are."""
+    from diffdemo.ui.limits import Limits, install_limits, is_public
+
+    limits = Limits.for_server(public=is_public(plan.kwargs["server_name"], plan.share),
+                               gpu=getattr(models.device, "type", str(models.device)) != "cpu",
+                               **{name: getattr(args, name, None) for name in
+                                  ("max_cost", "job_seconds", "jobs_per_session", "admin_token")})
+    extra = install_limits(demo, limits, speeds)
+    return replace(plan, kwargs={**plan.kwargs, **extra}, notes=[*plan.notes, limits.describe()])
+
+
 def launch(demo, plan: LaunchPlan, **extra) -> None:
     """Prints the plan's notes, starts the server and blocks until interrupted. ``extra`` goes to ``launch``.
 
@@ -75,6 +91,8 @@ def launch(demo, plan: LaunchPlan, **extra) -> None:
     """
     for note in plan.notes:
         print(note, flush=True)
+    if threading.current_thread() is threading.main_thread():  # a stopped container or Space closes as Ctrl-C does,
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # so the server shuts down and temp folders go
     # A State input (the trajectory run the branch event reads) keeps its default for MCP callers; docs/API.md
     # says to pass run_file instead, so Gradio's generic warning about it is noise at every start.
     warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input")

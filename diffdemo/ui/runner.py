@@ -2,6 +2,7 @@
 only, errors (out of memory included) as short messages, and result PNGs that do not pile up on disk."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -17,6 +18,7 @@ from gradio.utils import get_upload_folder
 from diffdemo.engine.lora import LoraError
 from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
+from diffdemo.tasks.budget import TimeLimitExceeded
 from diffdemo.tasks.common import free_memory, is_out_of_memory
 
 log = logging.getLogger("diffdemo")
@@ -46,8 +48,11 @@ class Runner:
         self.switcher = switcher  # an engine.switching.ModelSwitcher when --models-dir was given, else None
         self.on_switch: list = []  # called before a switch: whatever keeps results of the old model forgets them
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="diffdemo-"))
+        if output_dir is None:  # ours: removed when the process exits
+            atexit.register(shutil.rmtree, self.output_dir, ignore_errors=True)
         self.output_ttl = OUTPUT_TTL_SECONDS
         self.max_outputs = MAX_OUTPUT_FOLDERS
+        self.job_seconds: float | None = None  # a job past this is stopped at the end of its step (ui/limits.py)
         self._cancel: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -78,6 +83,8 @@ class Runner:
                 result = self._call(task, task_request, event, progress)
         except (InvalidRequest, LoraError) as error:
             raise gr.Error(str(error), title="Please check the input", print_exception=False) from None
+        except TimeLimitExceeded as error:
+            raise gr.Error(str(error), title="Time limit", print_exception=False) from None
         except Cancelled:
             raise gr.Error("Stopped. Press Generate to start again.", title="Stopped", print_exception=False) from None
         except Exception:  # never show a traceback in the browser; keep it in the server log
@@ -118,11 +125,13 @@ class Runner:
 
     def _call(self, task, task_request, event: threading.Event, progress):
         """Runs the task (holding the model lock); after running out of memory, frees it and returns a marker."""
-        last_update = [-PROGRESS_INTERVAL]
+        last_update, started, limit = [-PROGRESS_INTERVAL], time.monotonic(), self.job_seconds
 
         def on_step(step) -> None:
             if event.is_set():
                 raise Cancelled()
+            if limit is not None and time.monotonic() - started > limit:
+                raise TimeLimitExceeded(limit)
             now = time.monotonic()
             if progress is not None and (now - last_update[0] >= PROGRESS_INTERVAL or step.index + 1 == step.total):
                 last_update[0] = now

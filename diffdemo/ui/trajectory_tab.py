@@ -1,9 +1,7 @@
 """The trajectory tab: watch one text-to-image run step by step, then scrub through x_t, x̂₀ and ε̂ and download."""
 from __future__ import annotations
 
-import threading
 import uuid
-from collections import OrderedDict
 
 import gradio as gr
 
@@ -13,8 +11,8 @@ from diffdemo.tasks.trajectory import DECODE_MODES, TrajectoryRequest, describe_
 from diffdemo.tasks.trajectory_export import export_run
 from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
+from diffdemo.ui.stores import RunStore
 
-KEEP_RUNS = 4  # runs held in memory per runner (all sessions together); older ones are dropped
 PREVIEW_MODES = ("fast", "tiny", "vae", "off")
 DECODE_INFO = "vae: exact; tiny: a distilled tiny VAE, about 10× cheaper; fast: a fitted linear latent→RGB map"
 DOWNLOADS_NOTE = ("Frames are decoded only when you look at them: the run itself costs about what a plain "
@@ -39,30 +37,6 @@ def generation_settings():
         steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
     guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
     return prompt, negative_prompt, sampler, steps, guidance_scale
-
-
-class RunStore:
-    """The last ``KEEP_RUNS`` runs by id; a session's gr.State holds only the id, so memory stays bounded."""
-
-    def __init__(self, size: int = KEEP_RUNS):
-        self.size, self._runs, self._lock = size, OrderedDict(), threading.Lock()
-
-    def clear(self) -> None:
-        """Forgets every run (they hold the model set they were made with, e.g. before a model switch)."""
-        with self._lock:
-            self._runs.clear()
-
-    def add(self, run) -> str:
-        run_id = uuid.uuid4().hex
-        with self._lock:
-            self._runs[run_id] = run
-            while len(self._runs) > self.size:
-                self._runs.popitem(last=False)
-        return run_id
-
-    def get(self, run_id):
-        with self._lock:
-            return self._runs.get(run_id)
 
 
 def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
@@ -139,7 +113,7 @@ def _trajectory_handler(runner: Runner, store: RunStore):
 
         result = yield from stream_task(runner, trajectory, task_request, request, on_step)
         run = result.extras["run"]
-        run_id = store.add(run)
+        run_id = store.add(run, request)
         yield (*[gr.skip()] * 3, result.metadata, gr.skip(), run.image,
                f"done: {len(run)} frames; making the downloads", run_id)
         gallery, gif, sheet, files = _export(runner, result)
