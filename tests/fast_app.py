@@ -44,9 +44,10 @@ def fast_model_set(tiny_models, embedded_models):
 
 def speeds():
     """Fixed model speeds for pricing requests in tests (seconds per call; the tiny models take about this)."""
-    from diffdemo.engine.speed import Speeds
+    from diffdemo.engine.speed import Speed, Speeds
 
-    return Speeds(unet=0.01, vae=0.01, upscaler=0.01, upscaler_vae=0.01, denoiser=0.01)
+    call = Speed(fixed=0.002, per_area=0.008)
+    return Speeds(unet=call, vae=call, upscaler=call, upscaler_vae=call, denoiser=call)
 
 
 def local_limits(**changes):

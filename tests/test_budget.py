@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from diffdemo.engine.speed import Speeds, measure_speeds
+from diffdemo.engine.speed import Speed, Speeds, measure_speeds
 from diffdemo.tasks import (DenoiseRequest, InvalidRequest, NoiseSweepRequest, PlaygroundRequest,
                             SuperResolutionRequest, TextToImageRequest, TrajectoryRequest)
 from diffdemo.tasks.branch import BranchRequest, read_run
@@ -23,7 +23,8 @@ from diffdemo.ui.limits import Limits, is_public
 from diffdemo.ui.stores import RunStore
 from fast_app import fast_model_set, write_image
 
-SPEEDS = Speeds(unet=0.01, vae=0.01, upscaler=0.01, upscaler_vae=0.01, denoiser=0.01)
+CALL = Speed(fixed=0.0, per_area=0.01)  # no fixed part: prices in proportion to the work
+SPEEDS = Speeds(unet=CALL, vae=CALL, upscaler=CALL, upscaler_vae=CALL, denoiser=CALL)
 PROMPT = "a red circle"
 
 
@@ -31,10 +32,13 @@ def seconds(models, request, **kw) -> float:
     return estimate(models, SPEEDS, request, **kw).seconds
 
 
-def test_measured_speeds_are_positive(tiny_models, embedded_models):
+def test_measured_speeds_split_each_call_into_a_fixed_part_and_a_part_per_area(tiny_models, embedded_models):
     speeds = measure_speeds(fast_model_set(tiny_models, embedded_models))
-    assert speeds.measured and all(value > 0 for value in (speeds.unet, speeds.vae, speeds.upscaler,
-                                                           speeds.upscaler_vae, speeds.denoiser))
+    calls = (speeds.unet, speeds.vae, speeds.upscaler, speeds.upscaler_vae, speeds.denoiser)
+    assert speeds.measured and all(call.fixed >= 0 and call.per_area > 0 for call in calls)
+    assert Speed.fit(1.0, 0.4) == Speed(fixed=pytest.approx(0.2), per_area=pytest.approx(0.8))
+    assert Speed.fit(1.0, 1.2) == Speed(fixed=0.75, per_area=0.25)  # noise: at least a quarter scales
+    assert Speed(0.2, 0.8).seconds(area=4, batch=2) == pytest.approx(6.6)
 
 
 def test_a_price_grows_with_steps_images_and_size(tiny_models):

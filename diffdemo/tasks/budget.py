@@ -1,11 +1,11 @@
 """What a request costs before it runs: seconds of model time on this machine, checked against a per-request limit.
 
-cost = Σ calls × seconds per call, where every task counts its U-Net calls (pixels × steps × images × samples, in
-units of one call at the model's native size) and its VAE decodes, and :class:`~diffdemo.engine.speed.Speeds` says
-what one call takes here. Attention makes a call grow with the square of its pixel count once it is large, so sizes
-past KNEE× the native area count quadratically (measured on the embedded model, CPU: one 2048² step with its decode
-took 132–175 s, about 10,000× a native 128² step; the formula says 16,384×). An estimate is a guide, not a promise:
-the job's own time limit (:class:`TimeLimitExceeded`, raised from the step callback) is the hard bound.
+cost = Σ calls × seconds per call: every task counts its U-Net calls (steps × images × samples, each on an area of
+pixels measured in native-size pictures) and its VAE decodes, and :class:`~diffdemo.engine.speed.Speeds` says what
+such a call takes here (a fixed part and a part per native area). Attention makes a call grow with the square of
+its pixel count once it is large, so areas past KNEE× the native one count quadratically (the embedded model on a
+CPU: one 2048² step with its decode took 132–175 s). An estimate is a guide, not a promise: the job's own time
+limit (:class:`TimeLimitExceeded`, raised from the step callback) is the hard bound.
 """
 from __future__ import annotations
 
@@ -115,8 +115,8 @@ def image_size(value, name: str, *, max_pixels: int, max_side: int) -> tuple[int
 
 def _text_to_image(models, speeds: Speeds, request) -> Estimate:
     r = validate_text_to_image(request, models)
-    units = area(r.width * r.height, _native(models))
-    seconds = r.num_images * units * (r.steps * speeds.unet * guidance_factor(r.guidance_scale) + speeds.vae)
+    units, batch = area(r.width * r.height, _native(models)), r.num_images * guidance_factor(r.guidance_scale)
+    seconds = r.steps * speeds.unet.seconds(units, batch) + r.num_images * speeds.vae.seconds(units)
     return Estimate(seconds, f"{r.width}×{r.height}, {r.steps} steps, {r.num_images} image(s)")
 
 
@@ -124,14 +124,15 @@ def _trajectory(models, speeds: Speeds, request) -> Estimate:
     r = validate_trajectory(request, models)
     frames = math.ceil(r.steps / r.every)
     # the run, its final decode, then the downloads decode every kept x̂₀ and x_t frame
-    seconds = r.steps * speeds.unet * guidance_factor(r.guidance_scale) + speeds.vae + \
-        2 * frames * DECODES[r.decode] * speeds.vae
+    seconds = r.steps * speeds.unet.seconds(batch=guidance_factor(r.guidance_scale)) + speeds.vae.seconds() + \
+        2 * frames * DECODES[r.decode] * speeds.vae.seconds()
     return Estimate(seconds, f"{r.steps} steps, {frames} frames decoded twice ('{r.decode}')")
 
 
 def _compare(models, speeds: Speeds, request) -> Estimate:
     variants, _ = variant_requests(request, models)
-    seconds = sum(v.steps * speeds.unet * guidance_factor(v.guidance_scale) + speeds.vae for v in variants)
+    seconds = sum(v.steps * speeds.unet.seconds(batch=guidance_factor(v.guidance_scale)) + speeds.vae.seconds()
+                  for v in variants)
     return Estimate(seconds, f"{len(variants)} runs, {sum(v.steps for v in variants)} steps in all")
 
 
@@ -139,7 +140,8 @@ def _branch(models, speeds: Speeds, request, run) -> Estimate:
     step, _, _, guidance = validate_branch(request, run, models)
     remaining = run.metadata["steps"] - step
     pixels = run.x_t.shape[-1] * run.x_t.shape[-2] * models.vae_scale ** 2
-    seconds = area(pixels, _native(models)) * (remaining * speeds.unet * guidance_factor(guidance) + speeds.vae)
+    units = area(pixels, _native(models))
+    seconds = remaining * speeds.unet.seconds(units, guidance_factor(guidance)) + speeds.vae.seconds(units)
     return Estimate(seconds, f"{remaining} steps from step {step + 1}")
 
 
@@ -154,7 +156,7 @@ def _inpaint(models, speeds: Speeds, request) -> Estimate:
     check_size(width, height, "The outpainted canvas", **limits)  # the task's own check, before the price
     units = area(_native(models) if r.only_masked else width * height, _native(models))
     steps = max(1, math.ceil(r.steps * r.strength))
-    seconds = units * (steps * speeds.unet * guidance_factor(r.guidance_scale) + 2 * speeds.vae)  # encode + decode
+    seconds = steps * speeds.unet.seconds(units, guidance_factor(r.guidance_scale)) + 2 * speeds.vae.seconds(units)
     return Estimate(seconds, f"{width}×{height}, {steps} steps")
 
 
@@ -164,7 +166,7 @@ def _denoise(models, speeds: Speeds, request) -> Estimate:
     pixels = (width // 8 * 8) * (height // 8 * 8)
     native = models.denoiser.unet.config.sample_size
     native = (native[0] if isinstance(native, (list, tuple)) else native) ** 2
-    once = area(pixels, native) * r.steps * speeds.denoiser + CLASSICAL_SECONDS_PER_MP * pixels / 1e6
+    once = r.steps * speeds.denoiser.seconds(area(pixels, native)) + CLASSICAL_SECONDS_PER_MP * pixels / 1e6
     runs = len(r.sigmas) if isinstance(r, NoiseSweepRequest) else 1
     return Estimate(runs * once, f"{width}×{height}, {r.steps} steps" + (f", {runs} noise levels" if runs > 1 else ""))
 
@@ -182,15 +184,16 @@ def _super_resolve(models, speeds: Speeds, request) -> Estimate:
         levels = len(models.upscaler.unet.config.block_out_channels) - 1
         tiles, tile_area = _tiles(width, height, r.tile_size or sr.native_tile(models, 4),
                                   r.tile_overlap, max(8, 2 ** levels))
-        native_tile = sr.native_tile(models, 4) ** 2
-        per_tile = r.samples * (r.steps * speeds.upscaler + speeds.upscaler_vae)
-        return Estimate(tiles * area(tile_area, native_tile) * per_tile, what)
+        units = area(tile_area, sr.native_tile(models, 4) ** 2)
+        per_tile = r.steps * speeds.upscaler.seconds(units, r.samples) + r.samples * speeds.upscaler_vae.seconds(units)
+        return Estimate(tiles * per_tile, what)
     s, levels = r.scale, len(models.unet.config.block_out_channels) - 1
     tiles, tile_area = _tiles(width, height, r.tile_size or sr.native_tile(models, s), r.tile_overlap,
                               max(8, models.vae_scale * 2 ** levels // s))
-    steps = max(1, round(r.steps * r.strength))
-    per_tile = r.samples * (steps * speeds.unet * guidance_factor(7.5 if r.prompt else 1) + speeds.vae) + speeds.vae
-    return Estimate(tiles * area(tile_area * s * s, _native(models)) * per_tile, what)
+    steps, units = max(1, round(r.steps * r.strength)), area(tile_area * s * s, _native(models))
+    per_tile = steps * speeds.unet.seconds(units, r.samples * guidance_factor(7.5 if r.prompt else 1)) + \
+        (r.samples + 1) * speeds.vae.seconds(units)  # the samples' decodes and one encode
+    return Estimate(tiles * per_tile, what)
 
 
 def _tiles(width: int, height: int, tile: int, overlap: int, multiple: int) -> tuple[int, int]:
@@ -205,7 +208,8 @@ def _forward(models, speeds: Speeds, request) -> Estimate:
     r = validate_forward(request, models)
     if r.image is not None:
         image_size(r.image, "image", max_pixels=FORWARD_PIXELS, max_side=FORWARD_SIDE)
-    return Estimate((2 + len(r.row)) * speeds.vae, f"{len(r.row)} timesteps")  # an encode, decodes at native size
+    # an encode and the decodes, at the native size (the task resizes its input)
+    return Estimate((2 + len(r.row)) * speeds.vae.seconds(), f"{len(r.row)} timesteps")
 
 
 def _playground(models, speeds: Speeds, request) -> Estimate:

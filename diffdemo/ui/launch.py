@@ -83,6 +83,13 @@ def with_limits(demo, plan: LaunchPlan, args: argparse.Namespace, models, speeds
     return replace(plan, kwargs={**plan.kwargs, **extra}, notes=[*plan.notes, limits.describe()])
 
 
+def _stop(signum, frame) -> None:
+    """SIGTERM (a container or Space stopping) closes the app as Ctrl-C does, so the server shuts down and its temp
+    folders go; a second one while it closes is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def launch(demo, plan: LaunchPlan, **extra) -> None:
     """Prints the plan's notes, starts the server and blocks until interrupted. ``extra`` goes to ``launch``.
 
@@ -91,8 +98,8 @@ def launch(demo, plan: LaunchPlan, **extra) -> None:
     """
     for note in plan.notes:
         print(note, flush=True)
-    if threading.current_thread() is threading.main_thread():  # a stopped container or Space closes as Ctrl-C does,
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # so the server shuts down and temp folders go
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     # A State input (the trajectory run the branch event reads) keeps its default for MCP callers; docs/API.md
     # says to pass run_file instead, so Gradio's generic warning about it is noise at every start.
     warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input")
