@@ -205,3 +205,27 @@ def test_stop_and_closing_the_tab_end_a_run_in_the_browser(live_app, browser):
     start_long_run(page)
     page.close()  # the tab goes away mid-run
     wait_until_idle()
+
+
+def test_the_login_page_logs_in_and_the_app_works_behind_it(embedded_models, browser, tmp_path):
+    """With a login, every route but the login page needs it (diffdemo/ui/guard.py): the page still renders, logs
+    in and then works, with no request of the page refused."""
+    from fast_app import launched
+
+    with launched(embedded_models, tmp_path, auth=("ada", "correct-horse")) as app:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        refused = []
+        page.on("response", lambda response: refused.append(response.url) if response.status >= 400 else None)
+        try:
+            page.goto(app.url, timeout=TIMEOUT_MS)
+            fields = page.locator("input")
+            fields.nth(1).wait_for(state="visible", timeout=TIMEOUT_MS)
+            fields.nth(0).fill("ada")
+            fields.nth(1).fill("correct-horse")
+            page.get_by_role("button", name="Login").click()
+            page.get_by_label("Prompt", exact=True).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+            page.get_by_role("button", name="Generate").first.click()
+            page.locator(GALLERY_IMAGE).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+        finally:
+            page.close()
+    assert refused == []
