@@ -209,10 +209,12 @@ def test_stop_and_closing_the_tab_end_a_run_in_the_browser(live_app, browser):
 
 def test_the_login_page_logs_in_and_the_app_works_behind_it(embedded_models, browser, tmp_path):
     """With a login, every route but the login page needs it (diffdemo/ui/guard.py): the page still renders, logs
-    in and then works, with no request of the page refused."""
-    from fast_app import launched
+    in and then works, with no request of the page refused but the one over the request budget, whose sentence
+    shows on the prompt."""
+    from fast_app import launched, local_limits
 
-    with launched(embedded_models, tmp_path, auth=("ada", "correct-horse")) as app:
+    # priced with tests/fast_app.py's speeds: one 25-step image about 0.3 s, eight about 1.7 s
+    with launched(embedded_models, tmp_path, auth=("ada", "correct-horse"), limits=local_limits(max_cost=1)) as app:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         refused = []
         page.on("response", lambda response: refused.append(response.url) if response.status >= 400 else None)
@@ -226,6 +228,11 @@ def test_the_login_page_logs_in_and_the_app_works_behind_it(embedded_models, bro
             page.get_by_label("Prompt", exact=True).first.wait_for(state="visible", timeout=TIMEOUT_MS)
             page.get_by_role("button", name="Generate").first.click()
             page.locator(GALLERY_IMAGE).first.wait_for(state="visible", timeout=TIMEOUT_MS)
+            assert refused == []
+            set_number(page.locator("[role=tabpanel]").filter(visible=True).last, "Images", "8")
+            page.get_by_role("button", name="Generate").first.click()
+            page.get_by_text("would take about").first.wait_for(state="visible", timeout=TIMEOUT_MS)
+            assert "--max-cost" in page.get_by_text("would take about").first.inner_text()
         finally:
             page.close()
-    assert refused == []
+    assert len(refused) == 1 and "/gradio_api/queue/join" in refused[0]  # the 8-image request, refused (422)

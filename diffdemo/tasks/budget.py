@@ -76,9 +76,11 @@ def guidance_factor(guidance_scale: float) -> float:
 
 
 def duration(seconds: float) -> str:
-    """``seconds`` for a message: "40 s", "12 min", "20 h"."""
+    """``seconds`` for a message: "0.4 s", "40 s", "12 min", "20 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
-        return f"{max(seconds, 1):.0f} s"
+        return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
 
 

@@ -46,7 +46,7 @@ TASK_REQUESTS = {"text_to_image": TextToImageRequest, "inpaint": InpaintRequest,
                  "psnr_vs_noise": NoiseSweepRequest, "super_resolve": SuperResolutionRequest,
                  "trajectory": TrajectoryRequest, "compare": CompareRequest, "forward": ForwardRequest,
                  "refresh": ForwardRequest, "playground": PlaygroundRequest}
-MESSAGE_ON = ("steps", "prompt", "image", "dataset")  # the input a refusal is shown under (the first one present)
+MESSAGE_ON = ("prompt", "image", "steps", "dataset")  # the input a refusal is shown on (the first one present)
 
 
 @dataclass(frozen=True)
