@@ -91,6 +91,8 @@ class UploadGuard:
                 removed += _remove(str(entry), folder=False)
         with self._lock:
             self._used = {path for path in self._used if os.path.exists(path)}
+            recent = time.monotonic() - self.window_seconds  # addresses with nothing in the window are forgotten
+            self._sent = {address: sent for address, sent in self._sent.items() if sent and sent[-1][0] >= recent}
         return removed
 
 
