@@ -162,3 +162,15 @@ def test_five_other_visitors_do_not_evict_your_run():
     assert store.get(mine) == "my run" and len(store) == 8
     newest = [store.add(f"mine {i}", SimpleNamespace(session_hash="me")) for i in range(2)]
     assert store.get(mine) is None and all(store.get(i) for i in newest)  # my own runs: mine to replace
+
+
+def test_a_model_switch_times_the_new_model(tiny_models):
+    from diffdemo.engine.speed import GPU_GUESS
+    from diffdemo.ui.limits import Pricing
+
+    measured = Pricing(SPEEDS)
+    measured.retime(tiny_models)  # what Runner.switch_model calls, under the model lock, once the model is in
+    assert measured.speeds is not SPEEDS and measured.speeds.measured
+    guessed = Pricing(GPU_GUESS)  # ZeroGPU: nothing to time outside a request
+    guessed.retime(tiny_models)
+    assert guessed.speeds is GPU_GUESS

@@ -87,6 +87,8 @@ def test_menu_and_api_switch_the_live_app(tiny_model_dir, tiny_sd1_file, tmp_pat
 
     from conftest import free_port
     from diffdemo.ui.app import build_demo, configure_queue
+    from diffdemo.ui.limits import install_limits
+    from fast_app import local_limits, speeds
 
     folder = tmp_path / "models"
     folder.mkdir()
@@ -97,13 +99,16 @@ def test_menu_and_api_switch_the_live_app(tiny_model_dir, tiny_sd1_file, tmp_pat
     switcher = ModelSwitcher(folder=folder, current=models, current_name="tiny", current_path=folder / "tiny",
                              options=options)
     demo = configure_queue(build_demo(models, output_dir=tmp_path / "out", switcher=switcher))
+    extra = install_limits(demo, local_limits(), speeds())  # as app.py: requests are priced per model
     del models
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_port=free_port(), quiet=True, **extra)
+    priced = demo.pricing.speeds
     try:
         client = Client(url, verbose=False)
         assert client.predict(api_name="/list_models") == {"models": ["tiny", "tiny.safetensors"], "current": "tiny"}
         assert "tiny.safetensors" in client.predict(name="tiny.safetensors", api_name="/select_model")
         assert demo.runner.models.source == "SD 1.x single file"
+        assert demo.pricing.speeds is not priced  # the new model was timed
         images, metadata, _ = client.predict(prompt="a red circle", steps=2, seed=1, api_name="/text_to_image")
         assert metadata["model"].endswith("tiny.safetensors")
         with pytest.raises(AppError, match="no model named 'nobody'"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import guided
@@ -81,17 +82,20 @@ def _fit(call, side: int, multiple: int) -> Speed:
 def measure_speeds(models) -> Speeds:
     """Times each model in ``models`` (a loaded ModelSet): six calls per model, three of them at half size."""
     with torch.inference_mode():
-        side, channels = models.native_size // models.vae_scale, models.vae.config.latent_channels
+        side, scale = models.native_size // models.vae_scale, models.vae_scale
         prompt = encode_prompt(models, "a", "", 1)
-        predict = guided(models.unet, prompt.cond, prompt.uncond, 5.0)
         t = torch.tensor(500, device=models.device)
 
-        def latents(s, c=models.unet.config.in_channels):
-            return torch.zeros(1, c, s, s, device=models.device, dtype=models.dtype)
+        def latents(s):
+            return torch.zeros(1, models.latent_channels, s, s, device=models.device, dtype=models.dtype)
+
+        def step(s):  # as text_to_image calls it (SDXL's size ids, an inpainting U-Net's mask channels)
+            inputs = generation_inputs(models, prompt, 1, s * scale, s * scale)
+            return guided(models.unet, prompt.cond, prompt.uncond, 5.0, **inputs)(latents(s), t)
 
         multiple = 2 ** (len(models.unet.config.block_out_channels) - 1)
-        unet = _fit(lambda s: predict(latents(s), t), side, multiple)
-        vae = _fit(lambda s: decode_latents(models.vae, latents(s, channels)), side, 1)
+        unet = _fit(step, side, multiple)
+        vae = _fit(lambda s: decode_latents(models.vae, latents(s)), side, 1)
         upscaler = upscaler_vae = denoiser = None
         if models.upscaler is not None:
             upscaler, upscaler_vae = _upscaler_speeds(models.upscaler)

@@ -37,7 +37,7 @@ def check_saved_run(run: TrajectoryRun, models) -> None:
 
 
 def _check_tensors(run: TrajectoryRun, models, kept: int) -> None:
-    channels, side = models.unet.config.in_channels, models.native_size // models.vae_scale
+    channels, side = models.latent_channels, models.native_size // models.vae_scale
     for name, shape in (("x_t", (kept, channels, side, side)), ("x0", (kept, channels, side, side)),
                         ("final", (1, channels, side, side)), ("latent_rgb", (channels + 1, 3))):
         tensor = getattr(run, name)

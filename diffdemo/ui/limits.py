@@ -28,6 +28,8 @@ import gradio as gr
 from PIL import Image
 from starlette.middleware import Middleware
 
+from diffdemo.engine.speed import measure_speeds
+from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import (CompareRequest, DenoiseRequest, ForwardRequest, InpaintRequest, InvalidRequest,
                             NoiseSweepRequest, PlaygroundRequest, SuperResolutionRequest, TextToImageRequest,
                             TrajectoryRequest)
@@ -114,16 +116,30 @@ def install_limits(demo: gr.Blocks, limits: Limits, speeds=None, group: str = GP
     gate = JobGate(limits.jobs_per_session, limits.jobs_per_address)
     uploads = UploadGuard(limits.upload_request_bytes, limits.upload_files, limits.upload_window_bytes,
                           limits.upload_window_seconds, limits.unused_upload_seconds)
+    demo.pricing = pricing = Pricing(speeds)
+    runner.after_switch.append(pricing.retime)
     for block_fn in demo.fns.values():
         if block_fn.concurrency_id == group and block_fn.fn is not None:
-            block_fn.validator = _validator(block_fn, runner.models, speeds, limits, gate)
+            block_fn.validator = _validator(block_fn, runner, pricing, limits, gate)
             block_fn.fn = _gated(block_fn.fn, gate)
     demo.guard = Guard(demo, limits, gate, uploads, runner)
     return {"max_file_size": limits.upload_file_size,
             "app_kwargs": {"middleware": [Middleware(RequestGuard, guard=demo.guard)]}}
 
 
-def _validator(block_fn, models, speeds, limits: Limits, gate: JobGate):
+class Pricing:
+    """The speeds requests are priced with (None: no pricing), timed again when a model switch loads another model
+    (not when they are a guess: ZeroGPU has no GPU outside a request)."""
+
+    def __init__(self, speeds):
+        self.speeds = speeds
+
+    def retime(self, models) -> None:
+        if self.speeds is not None and self.speeds.measured and models is not None:
+            self.speeds = model_thread().run(measure_speeds, models)
+
+
+def _validator(block_fn, runner, pricing: Pricing, limits: Limits, gate: JobGate):
     """Gradio calls this with the event's inputs before it queues the job: a price over the limit or a visitor
     over their share gets its one-line answer now."""
     fn, names = block_fn.fn, list(block_fn.input_parameter_names or [])
@@ -136,8 +152,8 @@ def _validator(block_fn, models, speeds, limits: Limits, gate: JobGate):
         arguments = dict(bound.arguments)
         request = arguments.pop("request", None)
         try:
-            if speeds is not None:
-                price(block_fn.name, arguments, models, speeds, limits.max_cost)
+            if pricing.speeds is not None and runner.models is not None:  # None: a model switch under way
+                price(block_fn.name, arguments, runner.models, pricing.speeds, limits.max_cost)
             address = client_address(getattr(request.client, "host", None), request.headers.get("x-forwarded-for"),
                                      limits.proxy_hops) if request is not None else None
             gate.admit(getattr(request, "session_hash", None) or "default", address, block_fn.name)

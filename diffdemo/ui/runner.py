@@ -47,6 +47,7 @@ class Runner:
         self.models = models
         self.switcher = switcher  # an engine.switching.ModelSwitcher when --models-dir was given, else None
         self.on_switch: list = []  # called before a switch: whatever keeps results of the old model forgets them
+        self.after_switch: list = []  # called with the new model set, still under the model lock (ui/limits.py)
         self.output_dir = Path(output_dir or tempfile.mkdtemp(prefix="diffdemo-"))
         if output_dir is None:  # ours: removed when the process exits
             atexit.register(shutil.rmtree, self.output_dir, ignore_errors=True)
@@ -121,6 +122,8 @@ class Runner:
                 raise gr.Error(str(error), title="Model not loaded", print_exception=False) from None
             finally:
                 self.models = self.switcher.current
+            for hook in self.after_switch:
+                hook(self.models)
         return self.switcher.current_name
 
     def _call(self, task, task_request, event: threading.Event, progress):
