@@ -143,14 +143,15 @@ def _validator(block_fn, runner, pricing: Pricing, limits: Limits, gate: JobGate
     """Gradio calls this with the event's inputs before it queues the job: a price over the limit or a visitor
     over their share gets its one-line answer now."""
     fn, names = block_fn.fn, list(block_fn.input_parameter_names or [])
-    marked = next((names.index(n) for n in MESSAGE_ON if n in names), 0)
+    signature, marked = inspect.signature(fn), next((names.index(n) for n in MESSAGE_ON if n in names), 0)
 
     @functools.wraps(fn)  # the same signature, so Gradio passes the same inputs and the gr.Request
     def validate(*args, **kwargs):
-        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         request = arguments.pop("request", None)
+        verdicts = [gr.validate(True, "")] * len(block_fn.inputs)  # one per input, as Gradio shows them
         try:
             if pricing.speeds is not None and runner.models is not None:  # None: a model switch under way
                 price(block_fn.name, arguments, runner.models, pricing.speeds, limits.max_cost)
@@ -158,10 +159,8 @@ def _validator(block_fn, runner, pricing: Pricing, limits: Limits, gate: JobGate
                                      limits.proxy_hops) if request is not None else None
             gate.admit(getattr(request, "session_hash", None) or "default", address, block_fn.name)
         except (InvalidRequest, Refused) as error:
-            verdicts = [gr.validate(True, "")] * len(block_fn.inputs)
             verdicts[marked] = gr.validate(False, str(error))
-            return verdicts[0] if len(verdicts) == 1 else verdicts
-        return [gr.validate(True, "")] * len(block_fn.inputs) if len(block_fn.inputs) != 1 else gr.validate(True, "")
+        return verdicts[0] if len(verdicts) == 1 else verdicts
 
     return validate
 
