@@ -125,6 +125,15 @@ def assert_no_error(page) -> None:
     assert toasts.count() == 0, toasts.first.inner_text()
 
 
+def test_unknown_words_show_next_to_the_result_in_the_browser(page):
+    panel = open_tab(page, "Text to image")
+    panel.get_by_label("Prompt", exact=True).fill("a red cat on a blue background")
+    set_number(panel, "Steps", FEW_STEPS)
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    sync_api.expect(page.locator("#unknown-words")).to_contain_text("unknown words: cat", timeout=TIMEOUT_MS)
+    assert_no_error(page)
+
+
 def test_inpaint_an_example_in_the_browser(page):
     panel = open_tab(page, "Inpainting")
     panel.locator("tbody tr").first.click()  # the red circle and its mask

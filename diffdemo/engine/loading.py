@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from diffdemo.engine.vocabulary import Vocabulary, read_vocabulary
+
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 EMBEDDED_MODEL = ASSETS / "model"
 EMBEDDED_UPSCALER = ASSETS / "upscaler"
@@ -73,6 +75,7 @@ class ModelSet:
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zeros, not the encoded ""
     family: str = "sd"  # "sd1", "sd2", "sdxl" when known; "sd" for a folder of the SD 1.x/2.x layout
     source: str = ""  # what was loaded, in words (e.g. "SDXL single file"), for the start-up line and metadata
+    vocabulary: Vocabulary | None = None  # the words a model trained by diffdemo knows; None: any (CLIP's)
 
     @property
     def latent_channels(self) -> int:
@@ -268,7 +271,17 @@ def _load_folder(source: str, dtype, variant: str | None) -> dict:
                              f"({latent} channels) and inpainting U-Nets ({2 * latent + 1}) as the main model.")
     parts["source"] = ("SDXL " if "text_encoder_2" in parts else "") + "diffusers folder" + \
         (f" ({variant} weights)" if variant else "")
+    if layout is not None:
+        parts["vocabulary"] = _load_vocabulary(source)
     return parts
+
+
+def _load_vocabulary(folder: str) -> Vocabulary | None:
+    """The folder's ``vocabulary.json`` (written by diffdemo's training), or None."""
+    try:
+        return read_vocabulary(folder)
+    except ValueError as error:
+        raise ModelLoadError(f"The model folder {folder} has a broken vocabulary file: {error}.") from None
 
 
 def _load_tokenizer(source: str, subfolder: str):

@@ -8,7 +8,7 @@ import torch
 
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
-from diffdemo.engine.lora import lora_infotext
+from diffdemo.engine.lora import lora_infotext, split_prompt
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (TaskResult, a1111_parameters, as_multiple, as_number,
@@ -74,11 +74,23 @@ def text_to_image(models, request: TextToImageRequest, callback: StepCallback | 
         metadata["truncated"] = f"The prompt was longer than the model reads; ignored: '{prompt.truncated}'."
     if prompt.loras:
         metadata["loras"] = [asdict(lora) for lora in prompt.loras]
+    if (unknown := unknown_words(models, request.prompt)) is not None:
+        metadata["unknown_words"] = unknown
     for image, seed in zip(images, seeds):
         image.info["parameters"] = a1111_parameters(request.prompt, request.negative_prompt, request.steps,
                                                     request.sampler, request.guidance_scale, seed, request.width,
                                                     request.height, models.name, lora_infotext(prompt.loras))
     return TaskResult(images=images, metadata=metadata)
+
+
+def unknown_words(models, prompt: str) -> list[str] | None:
+    """The words of ``prompt`` the model never saw in its training captions, e.g. ["astronaut"] for the built-in
+    model; None for a model without a vocabulary file (CLIP knows them all). LoRA tags and textual-inversion
+    trigger words do not count."""
+    vocabulary = getattr(models, "vocabulary", None)
+    if vocabulary is None:
+        return None
+    return vocabulary.unknown_words(split_prompt(prompt)[0], also_known=models.tokenizer.get_added_vocab())
 
 
 def describe(models, request, seeds, seconds: float) -> dict:

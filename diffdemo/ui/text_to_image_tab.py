@@ -14,11 +14,18 @@ EXAMPLES = [
     "a large white square on a gray background",
     "a tiny pink star on the right",
 ]
+# Shown when the model knows every word of them (a model without a vocabulary file, CLIP's, knows them all).
+EMOJI_EXAMPLES = [
+    "a panda",
+    "a small rocket in the top left corner on a blue background",
+    "a large pizza on a black background",
+    "an automobile at the bottom on a yellow background",
+]
 
 
 def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab; returns the components other tabs connect to (gallery, selected index, send button)."""
-    native = runner.models.native_size
+    native, vocabulary = runner.models.native_size, getattr(runner.models, "vocabulary", None)
     with gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=2, placeholder=EXAMPLES[0], value=EXAMPLES[0])
@@ -38,9 +45,11 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Row():
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-            gr.Examples(EXAMPLES, inputs=[prompt], label="Prompts the built-in model knows")
+            gr.Examples(known_examples(vocabulary), inputs=[prompt], label="Prompts the built-in model knows")
+            build_vocabulary_list(vocabulary, prompt)
         with gr.Column(scale=1):
             gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", object_fit="contain")
+            unknown = gr.Markdown(visible=False, elem_id="unknown-words")
             used_seed = gr.Textbox(label="Seed used", interactive=False)
             send_to_inpainting = gr.Button("Send to inpainting", size="sm")
             selected = gr.State(0)  # the gallery image last clicked; what "Send to inpainting" sends
@@ -56,6 +65,8 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
     submitted = prompt.submit(run, inputs, outputs, api_visibility="private", concurrency_id=gpu_group,
                               preprocess=False)
     stop.click(runner.stop, None, None, cancels=[event, submitted], api_visibility="private", queue=False)
+    for done in (event, submitted):
+        done.success(unknown_words_note, metadata, unknown, api_visibility="private", queue=False)
     gallery.select(_selected_index, None, selected, api_visibility="private", queue=False)
     return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
 
@@ -76,6 +87,32 @@ def _text_to_image_handler(runner: Runner):
 
     text_to_image_event.__name__ = "text_to_image"
     return text_to_image_event
+
+
+def known_examples(vocabulary) -> list[str]:
+    """The example prompts whose every word the model knows (all of them for a model without a vocabulary)."""
+    examples = EXAMPLES + EMOJI_EXAMPLES
+    return examples if vocabulary is None else [e for e in examples if not vocabulary.unknown_words(e)]
+
+
+def build_vocabulary_list(vocabulary, prompt: gr.Textbox) -> None:
+    """What the model knows (from its vocabulary file): a searchable list of subjects that fills the prompt, and
+    the words by kind. Nothing for a model without one."""
+    if vocabulary is None:
+        return
+    with gr.Accordion(f"What this model knows: {vocabulary.subject_count} subjects", open=False):
+        subjects = sorted({name for names in vocabulary.subjects.values() for name in names})
+        pick = gr.Dropdown(subjects, value=None, filterable=True, label="Find a subject",
+                           info="Type to search; picking one puts it in the prompt")
+        gr.Markdown(vocabulary.markdown())
+    pick.input(lambda subject: subject or gr.skip(), pick, prompt, api_visibility="private", queue=False)
+
+
+def unknown_words_note(metadata: dict | None):
+    """The note under the images: the prompt's words the model does not know, or nothing."""
+    words = (metadata or {}).get("unknown_words") or []
+    text = f"**unknown words: {', '.join(words)}** (this model never saw them in training, so it ignores them)"
+    return gr.Markdown(text if words else "", visible=bool(words))
 
 
 def _selected_index(event: gr.SelectData) -> int:

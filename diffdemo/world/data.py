@@ -11,6 +11,10 @@ Splits: ``photo`` (real photographs, for training), ``held_out`` (real photograp
 for measuring) and ``art`` (paintings, renders and abstract wallpapers, mixed in for variety). Images that ship
 inside Python packages (scikit-image's ``skimage.data`` photos) are never trained on either: they are the public
 evaluation set (:func:`public_photos`), standing in for the photo a visitor uploads.
+
+Emoji: ``fetch`` also downloads ``fonts-noto-color-emoji`` (:data:`EMOJI_PACKAGE`), keeps the font under
+``DIR/fonts/`` and renders each emoji subject's glyph once to ``DIR/emoji/<codepoints>.png``
+(:mod:`diffdemo.world.emoji.glyphs`); training and the emoji checker read those tiles.
 """
 from __future__ import annotations
 
@@ -96,6 +100,10 @@ PACKAGES: dict[str, Package] = {
                                       "the-mouse.jpg"))),
 }
 SPLITS = ("photo", "held_out", "art")
+EMOJI_PACKAGE = "fonts-noto-color-emoji"
+EMOJI_LICENCE = "Apache-2.0 (images), OFL-1.1 (font); see its copyright file"
+EMOJI_FONT = "usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"
+EMOJI_TILES = "emoji"  # DIR/emoji/<codepoints>.png, one glyph tile per subject
 
 
 def default_dir() -> Path:
@@ -103,8 +111,9 @@ def default_dir() -> Path:
     return Path(os.environ.get("DIFFDEMO_DATA") or Path.home() / ".cache" / "diffdemo" / "data")
 
 
-def fetch(out: Path | None = None, packages=None) -> dict:
+def fetch(out: Path | None = None, packages=None, emoji: bool = True) -> dict:
     """Downloads and extracts each package, keeps the listed files (resized) and licences; returns the manifest.
+    With ``emoji``, also the emoji font and its glyph tiles (:func:`fetch_emoji`).
 
     Packages already stored are skipped, so running it again only fetches what is missing.
     """
@@ -124,7 +133,33 @@ def fetch(out: Path | None = None, packages=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         manifest_path.write_text(json.dumps(manifest, indent=1))
         print(f"[data] {name} {version}: kept {len(entries)} images", flush=True)
+    if emoji and "emoji" not in manifest:
+        manifest["emoji"] = fetch_emoji(out)
+        manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def fetch_emoji(out: Path) -> dict:
+    """Downloads :data:`EMOJI_PACKAGE`, keeps its font and copyright file and renders the subjects' glyph tiles
+    to ``out/emoji/``; returns the manifest entry."""
+    from diffdemo.world.emoji.glyphs import render_tiles
+
+    with tempfile.TemporaryDirectory() as work:
+        root, version = debian_package(EMOJI_PACKAGE, Path(work))
+        (out / "licences").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(next(root.glob("usr/share/doc/*/copyright")), out / "licences" / f"{EMOJI_PACKAGE}.copyright")
+        font = out / "fonts" / Path(EMOJI_FONT).name
+        font.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / EMOJI_FONT, font)
+    tiles = render_tiles(font, out / EMOJI_TILES)
+    print(f"[data] {EMOJI_PACKAGE} {version}: rendered {tiles} emoji glyph tiles", flush=True)
+    return {"package": EMOJI_PACKAGE, "version": version, "licence": EMOJI_LICENCE, "tiles": tiles,
+            "font": str(font.relative_to(out)), "copyright": f"licences/{EMOJI_PACKAGE}.copyright"}
+
+
+def debian_package(name: str, work: Path) -> tuple[Path, str]:
+    """Downloads the Debian package ``name`` into ``work`` and extracts it: (its root folder, its version)."""
+    return _download_and_extract(name, work), _deb_version(work)
 
 
 def _download_and_extract(name: str, work: Path) -> Path:
@@ -266,6 +301,8 @@ def pack(root: Path | None, archive: Path, max_side: int = MAX_SIDE, limit_mib: 
             entry["size"] = list(image.size)
         for name in ["licences/" + p.name for p in sorted((root / "licences").iterdir())]:
             tar.add(root / name, arcname=name)
+        for tile in sorted((root / EMOJI_TILES).glob("*.png")):  # the tiles, not the 11 MB font
+            tar.add(tile, arcname=f"{EMOJI_TILES}/{tile.name}")
         data = json.dumps(manifest, indent=1).encode()
         info = tarfile.TarInfo("manifest.json")
         info.size = len(data)
@@ -290,6 +327,7 @@ def main(argv=None) -> None:
     else:
         manifest = json.loads((Path(args.out or default_dir()) / "manifest.json").read_text())
     counts = {split: sum(e["split"] == split for e in manifest["images"]) for split in SPLITS}
+    counts["emoji_tiles"] = manifest.get("emoji", {}).get("tiles", 0)
     print(json.dumps({"folder": str(args.out or default_dir()), **counts}))
 
 

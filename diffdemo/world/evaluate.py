@@ -5,6 +5,8 @@
   checker in :mod:`diffdemo.world.checker` — not by eye.
 * VAE reconstruction PSNR on fresh world images.
 * Upscaler ×4 (32² -> 128²) PSNR against bicubic: diffusers' upscale pipeline as is, and the app's default.
+* When the model's vocabulary lists emoji subjects: subject adherence on emoji captions, seen and held out
+  (:mod:`diffdemo.world.emoji.evaluate`; needs the fetched glyph tiles).
 Writes a JSON record and, with ``--grid``, a sample grid PNG.
 """
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from diffdemo.engine import DEFAULT_SAMPLER, SAMPLERS, load_models
 from diffdemo.world.checker import ATTRIBUTES, judge, score, strict_reading
+from diffdemo.world.emoji.evaluate import evaluate_emoji, knows_emoji
 from diffdemo.world.render import render_scenes, to_pil
 from diffdemo.world.scene import sample_scene
 
@@ -125,6 +128,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write results here")
     parser.add_argument("--grid", type=Path, help="write a sample grid PNG here")
+    parser.add_argument("--emoji-samples", type=int, default=None, help="images per emoji caption set (default: "
+                        "--samples); only for a model that knows emoji")
+    parser.add_argument("--data-dir", default=None, help="fetched data with the emoji tiles (default: the cache)")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     upscaler = args.dir / "upscaler"
@@ -139,6 +145,10 @@ def main(argv=None) -> None:
         if args.grid and name == "seen":
             save_grid(images[:32], args.grid)
             results["grid_captions"] = [s.caption for s in scenes[:32]]
+    if knows_emoji(models):
+        emoji_grid = args.grid.with_name(args.grid.stem + "_emoji.png") if args.grid else None
+        results["emoji"] = evaluate_emoji(models, args.emoji_samples or args.samples, args.seed, args.steps,
+                                          args.guidance, args.sampler, args.data_dir, emoji_grid)
     if models.upscaler is not None:
         pipeline = StableDiffusionUpscalePipeline.from_pretrained(upscaler, torch_dtype=torch.float32)
         pipeline.set_progress_bar_config(disable=True)

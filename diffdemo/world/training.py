@@ -3,7 +3,8 @@ the optimisation loop that checkpoints and resumes.
 
 Data: :class:`ImageStream` mixes freshly rendered world scenes with random crops of real photographs and art
 (fetched from Debian packages by :mod:`diffdemo.world.data`); the ``tiny`` preset and any config with
-``photo_share = art_share = 0`` need no fetched data.
+``photo_share = art_share = emoji_share = 0`` need no fetched data. ``emoji_share`` puts emoji subjects among the
+world scenes (their glyph tiles are fetched too).
 
 Resuming: with ``checkpoint=`` a stage's :func:`fit` writes its whole state (weights, optimiser, learning-rate
 schedule, EMA, loss curve, every random generator it was given) every ``cfg.checkpoint_minutes`` and at the end,
@@ -74,6 +75,7 @@ class TrainConfig:
     max_minutes_per_stage: float = 0.0  # 0: no cap; else a stage stops early and logs the steps it did
     photo_share: float = 0.0  # of each batch: crops of real photographs (the rest: art, then world scenes)
     art_share: float = 0.0
+    emoji_share: float = 0.0  # of the world scenes: an emoji subject instead of a shape (needs the fetched tiles)
     data_dir: str = ""  # fetched images (default: diffdemo.world.data.default_dir())
     init_from: str = ""  # a model-set folder (like assets/) whose weights a stage starts from: a fine-tune
     checkpoint_minutes: float = 5.0
@@ -87,14 +89,33 @@ TINY = TrainConfig(preset="tiny", image_size=64, vae_steps=4, vae_batch=4, unet_
 
 
 class WorldStream:
-    """Fresh training scenes (never held-out ones), rendered on ``device``; seeded per stage."""
+    """Fresh training scenes (never held-out ones), rendered on ``device``; seeded per stage. With ``emoji_share``,
+    that share of them shows an emoji subject from ``glyphs`` (:mod:`diffdemo.world.emoji`) instead of a shape."""
 
-    def __init__(self, seed: int, size: int, device: torch.device):
+    def __init__(self, seed: int, size: int, device: torch.device, emoji_share: float = 0.0, glyphs=None):
         self.rng, self.size, self.device = random.Random(seed), size, device
+        self.emoji = None
+        if emoji_share > 0:
+            from diffdemo.world.emoji.stream import EmojiMix
+
+            self.emoji = EmojiMix(emoji_share, glyphs, device)
 
     def batch(self, n: int):
+        if self.emoji is not None:
+            return self.emoji.batch(self.rng, n, self.size)
         scenes = [sample_scene(self.rng) for _ in range(n)]
         return scenes, render_scenes(scenes, self.size, self.device, rng=self.rng)
+
+
+def emoji_options(cfg: TrainConfig) -> dict:
+    """WorldStream's emoji keywords for ``cfg``: none without ``cfg.emoji_share``, else the share and the fetched
+    glyph tiles (all of them; the ``tiny`` smoke run takes what there is)."""
+    if cfg.emoji_share <= 0:
+        return {}
+    from diffdemo.world.emoji.glyphs import load_glyphs
+
+    glyphs = load_glyphs(cfg.data_dir or None, require_all=cfg.preset != "tiny")
+    return {"emoji_share": cfg.emoji_share, "glyphs": glyphs}
 
 
 class ImageStream:
@@ -104,7 +125,7 @@ class ImageStream:
     def __init__(self, cfg: TrainConfig, seed: int, size: int, device: torch.device, photos=None, art=None):
         from diffdemo.world import data
 
-        self.world = WorldStream(seed, size, device)
+        self.world = WorldStream(seed, size, device, **emoji_options(cfg))
         self.rng, self.size, self.device = self.world.rng, size, device
         self.shares = {"photo": cfg.photo_share, "art": cfg.art_share}
         root = Path(cfg.data_dir) if cfg.data_dir else None

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from diffdemo.world import models
-from diffdemo.world.scene import recaption
-from diffdemo.world.training import ImageStream, TrainConfig, WorldStream, autocast, fit, init_folder
+from diffdemo.world.emoji.scene import recaption_any
+from diffdemo.world.training import ImageStream, TrainConfig, WorldStream, autocast, emoji_options, fit, init_folder
 
 CAPTIONS = {"photo": ("a photo", "a photograph", "a photo of nature"), "art": ("a picture", "a painting")}
 
@@ -35,7 +35,8 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
         unet = models.unet(cfg.preset, cfg.image_size // 8, text_encoder.config.hidden_size).to(device)
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     rng = random.Random(cfg.seed + 2)
-    pool_scenes, pool_latents = encode_pool(vae, WorldStream(cfg.seed + 2, cfg.image_size, device), cfg.unet_pool)
+    world = WorldStream(cfg.seed + 2, cfg.image_size, device, **emoji_options(cfg))
+    pool_scenes, pool_latents = encode_pool(vae, world, cfg.unet_pool)
     photo_kinds, photo_latents = encode_photo_pool(vae, cfg, device)
     photo_share = (cfg.photo_share + cfg.art_share) if len(photo_kinds) else 0.0
 
@@ -43,7 +44,7 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
         from_photos = sum(rng.random() < photo_share for _ in range(n))
         index = torch.randint(0, len(pool_scenes), (n - from_photos,))
         latents = [pool_latents[index.to(pool_latents.device)].float()]
-        captions = [recaption(pool_scenes[i], rng).caption for i in index.tolist()]
+        captions = [recaption_any(pool_scenes[i], rng).caption for i in index.tolist()]
         if from_photos:
             chosen = torch.randint(0, len(photo_kinds), (from_photos,))
             latents.append(photo_latents[chosen.to(photo_latents.device)].float())
