@@ -199,3 +199,16 @@ def test_a_tiny_training_run_with_emoji_writes_their_vocabulary(tmp_path):
     assert tokenizer.tokenize("a panda on a blue background") == [
         w + "</w>" for w in "a panda on a blue background".split()]
     assert json.loads((out / "logs" / "unet.json").read_text())["config"]["emoji_share"] == 0.5
+
+
+def test_evaluation_scores_a_model_that_knows_emoji(tiny_models, checker):
+    from diffdemo.world.emoji.evaluate import emoji_adherence, knows_emoji
+    from diffdemo.world.vocabulary import grammar_vocabulary
+
+    assert not knows_emoji(tiny_models)  # no vocabulary file: nothing says it learned emoji
+    assert not knows_emoji(replace(tiny_models, vocabulary=grammar_vocabulary()))
+    assert knows_emoji(replace(tiny_models, vocabulary=grammar_vocabulary(with_emoji=True)))
+    found, images, scenes = emoji_adherence(tiny_models, checker, 3, held_out=True, seed=0, steps=1, guidance=2.0,
+                                            sampler="DDIM")
+    assert len(images) == len(scenes) == 3 and all(s.subject in checker.names for s in scenes)
+    assert 0 <= found["subject"] <= 1 and set(found["subject_by_family"]) <= set(families())

@@ -29,19 +29,18 @@ def emoji_adherence(models, checker: EmojiChecker, n: int, held_out: bool, seed:
 
     rng = random.Random(seed + (101 if held_out else 100))
     scenes = [sample_emoji_scene(rng, held_out=held_out, mention_prob=1.0, names=checker.names) for _ in range(n)]
-    images, ok, total, families, confusions = [], Counter(), Counter(), Counter(), Counter()
-    for i, scene in enumerate(scenes):
-        request = TextToImageRequest(prompt=scene.caption, sampler=sampler, steps=steps, guidance_scale=guidance,
-                                     seed=seed * 10_000 + i)
-        image = text_to_image(models, request).images[0]
-        images.append(image)
-        judgement = checker.judge(image)
-        for attribute, correct in score(scene, judgement).items():
-            total[attribute] += 1
-            ok[attribute] += correct
-        families[by_name()[scene.subject].family, judgement.subject == scene.subject] += 1
-        if judgement.subject != scene.subject:
-            confusions[f"{scene.subject} -> {judgement.subject}"] += 1
+    images = [text_to_image(models, TextToImageRequest(prompt=scene.caption, sampler=sampler, steps=steps,
+                                                       guidance_scale=guidance, seed=seed * 10_000 + i)).images[0]
+              for i, scene in enumerate(scenes)]
+    judgements = [checker.judge(image) for image in images]
+    read = [judgement.subject for judgement in judgements]
+    scores = [score(scene, judgement) for scene, judgement in zip(scenes, judgements)]
+    total = Counter(attribute for found in scores for attribute in found)
+    ok = Counter(attribute for found in scores for attribute, correct in found.items() if correct)
+    families = Counter((by_name()[scene.subject].family, subject == scene.subject)
+                       for scene, subject in zip(scenes, read))
+    confusions = Counter(f"{scene.subject} -> {subject}" for scene, subject in zip(scenes, read)
+                         if subject != scene.subject)
     by_family = {family: round(families[family, True] / (families[family, True] + families[family, False]), 3)
                  for family in sorted({family for family, _ in families})}
     accuracy = {a: round(ok[a] / total[a], 3) for a in ATTRIBUTES if total[a]}
