@@ -28,7 +28,7 @@ import time
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import common  # noqa: E402
+import common
 
 common.setup_paths()
 STAGES = {"submit": ("predict>", "process_api>"), "task": ("task>", "task<"), "save": ("save>", "save<"),

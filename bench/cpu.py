@@ -12,20 +12,20 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import random  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
+import argparse
+import math
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import common  # noqa: E402
-import openmp  # noqa: E402
+import common
+import openmp
 
 common.setup_paths()
 PROMPT = "a large red star on a blue background"
@@ -322,7 +322,7 @@ def startup(args) -> str:
             app.wait(timeout=30)
     ready, rss_ready, rss_after, first = (sorted(column)[len(column) // 2] for column in zip(*rows))
     return common.markdown_table(
-        ["start to ready (median of %d)" % len(rows), "all starts (s)", "first request after ready",
+        [f"start to ready (median of {len(rows)})", "all starts (s)", "first request after ready",
          "app peak RSS at ready", "after one text-to-image"],
         [[f"{ready:.1f} s", ", ".join(f"{r[0]:.1f}" for r in rows), common.ms(first), f"{rss_ready:.0f} MiB",
           f"{rss_after:.0f} MiB"]])

@@ -16,19 +16,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import argparse  # noqa: E402
-import copy  # noqa: E402
-import gc  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-import common  # noqa: E402
-import sd15  # noqa: E402
+import common
+import sd15
 
 common.setup_paths()
 PROMPT = "a photo of an astronaut riding a horse on mars"

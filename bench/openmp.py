@@ -20,7 +20,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import common  # noqa: E402
+import common
 
 common.setup_paths()
 PROMPT = "a large red star on a blue background"

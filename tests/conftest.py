@@ -16,10 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # threads on a 2-core machine that is also running anything else make small models 5-10x slower, not faster.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import random  # noqa: E402
+import random
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(2)
 

@@ -216,7 +216,7 @@ def raw_data(url: str, api_name: str, **values) -> list:
             for p in parameters]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(url: str, api_name: str) -> list[dict]:
     info = httpx.get(f"{url.rstrip('/')}/gradio_api/info", timeout=TIMEOUT).json()
     return info["named_endpoints"][f"/{api_name}"]["parameters"]

@@ -95,7 +95,7 @@ def test_examples_run_against_the_live_app(live_app, tmp_path, monkeypatch):
     finally:
         for client in set(clients):
             client.close()
-    for name, info in endpoints(live_app).items():
+    for name in endpoints(live_app):
         results = [(kwargs, result) for api, kwargs, result in calls if api == name]
         assert results, f"no example calls {name}"
         assert any(kwargs <= MAIN_INPUTS.get(name, set()) for kwargs, _ in results), \

@@ -11,11 +11,11 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import re  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import re
+import time
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
 CHROMIUM = Path(os.environ.get("DIFFDEMO_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

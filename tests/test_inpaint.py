@@ -190,7 +190,7 @@ def test_only_masked_keeps_size_and_unmasked_pixels(tiny_models):
 
 def _mode(image: Image.Image, mode: str) -> Image.Image:
     if mode == "I;16":  # 16-bit grey, as 16-bit PNGs open
-        return Image.fromarray((np.asarray(image.convert("L")).astype(np.uint16) * 257))
+        return Image.fromarray(np.asarray(image.convert("L")).astype(np.uint16) * 257)
     return image.convert(mode)
 
 

@@ -67,7 +67,8 @@ def test_addnet_hash_ignores_the_safetensors_header(lora_dir, tmp_path):
 
 
 def test_kohya_file_gives_the_same_image_as_the_diffusers_file(lora_models):
-    assert np.array_equal(image(lora_models, f"{PROMPT} <lora:ink_kohya:1>"), image(lora_models, f"{PROMPT} <lora:ink:1>"))
+    kohya, diffusers = f"{PROMPT} <lora:ink_kohya:1>", f"{PROMPT} <lora:ink:1>"
+    assert np.array_equal(image(lora_models, kohya), image(lora_models, diffusers))
 
 
 def test_lora_changes_the_text_encoder_too(lora_models):

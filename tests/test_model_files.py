@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from checkpoints import inpainting_unet, save_pipeline, to_original, write_checkpoint
+from checkpoints import save_pipeline, to_original, write_checkpoint
 from test_loading import assert_one_sentence
 
 from diffdemo.engine import ModelLoadError, load_models

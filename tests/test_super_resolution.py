@@ -189,7 +189,8 @@ def test_non_rgb_modes_are_converted(tiny_models):
     grey = Image.fromarray(np.full((16, 16), 40000, np.uint16))
     rgba = Image.new("RGBA", (16, 16), (10, 200, 30, 128))
     for image in (grey, rgba, Image.new("P", (16, 16))):
-        assert super_resolve(tiny_models, SuperResolutionRequest(image=image, seed=1, **FAST)).images[0].size == (64, 64)
+        result = super_resolve(tiny_models, SuperResolutionRequest(image=image, seed=1, **FAST))
+        assert result.images[0].size == (64, 64)
 
 
 def test_api_super_resolve_with_only_an_image(live_app, tmp_path):

@@ -67,7 +67,7 @@ class FastPath:
         return {k: v for k, v in asdict(self).items() if v != getattr(FastPath(), k)}
 
     @classmethod
-    def parse(cls, spec: str | None) -> "FastPath":
+    def parse(cls, spec: str | None) -> FastPath:
         """``"exact,step_cache=2"``: presets (off, exact, compiled, static) and ``name[=value]`` items, in order."""
         values: dict = {}
         types = {f.name: f.type for f in fields(cls)}
@@ -217,7 +217,7 @@ class StepCachedUNet:
     def __call__(self, sample, timestep, encoder_hidden_states, class_labels=None, return_dict=True):
         return _output(self.full(sample, timestep, encoder_hidden_states, class_labels)[0], return_dict)
 
-    def new_run(self) -> "CachedRun":
+    def new_run(self) -> CachedRun:
         return CachedRun(self)
 
     def _embed(self, sample, timestep, encoder_hidden_states, class_labels):

@@ -217,7 +217,7 @@ def _place(parts: dict, device, dtype) -> None:
 def _from_pretrained(cls, source: str, subfolder: str, dtype, **kwargs):
     try:
         return cls.from_pretrained(source, subfolder=subfolder, torch_dtype=dtype, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise ModelLoadError(_explain(source, subfolder, error)) from error
 
 
@@ -289,7 +289,7 @@ def _load_tokenizer(source: str, subfolder: str):
 
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, subfolder=subfolder)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise ModelLoadError(_explain(source, subfolder, error)) from error
     if len(tokenizer) <= 2 or tokenizer.model_max_length > 100_000:  # transformers builds an empty one if missing
         if not Path(source).is_dir():
@@ -333,7 +333,7 @@ def load_vae(source: str, dtype, family: str = "sd1", like: dict | None = None):
                                  f"found {kind or 'no config.json'}.")
     try:
         return AutoencoderKL.from_pretrained(str(path) if path.is_dir() else source, torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         raise ModelLoadError(_explain(source, "VAE", error)) from error
 
 
@@ -356,7 +356,7 @@ def _load_tiny_vae(source: str, vae, device, dtype):
 
     try:
         tiny = AutoencoderTiny.from_pretrained(source, torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         if Path(source).exists():
             raise ModelLoadError(f"Could not load a tiny VAE (AutoencoderTiny) from {source}: pass a folder holding "
                                  f"its config.json and weights ({type(error).__name__}: "

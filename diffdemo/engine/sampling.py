@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -137,7 +137,8 @@ def guided(unet, cond: torch.Tensor, uncond: torch.Tensor | None, guidance_scale
     use_cfg = uncond is not None and guidance_scale > 1.0
     embeddings = as_model_input(torch.cat([uncond, cond]) if use_cfg else cond)
     labels = as_model_input(torch.cat([class_labels] * 2) if use_cfg and class_labels is not None else class_labels)
-    extra = as_model_input(torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None else extra_channels)
+    extra = as_model_input(torch.cat([extra_channels] * 2) if use_cfg and extra_channels is not None
+                           else extra_channels)
     unet_kwargs = {}
     if added is not None:
         unet_kwargs["added_cond_kwargs"] = {key: as_model_input(torch.cat([added[1][key], value]) if use_cfg else value)

@@ -101,8 +101,9 @@ def inspect_checkpoint(state: dict, path: Path) -> Checkpoint:
 
 def _family(keys, path: Path) -> str | None:
     if any(k.startswith("conditioner.embedders.0.model.") for k in keys):
-        raise ModelLoadError(f"The file {path} is an SDXL refiner (one OpenCLIP text encoder, aesthetic-score conditioning), "
-                             "which only refines SDXL base images; load an SDXL base checkpoint instead.")
+        raise ModelLoadError(f"The file {path} is an SDXL refiner (one OpenCLIP text encoder, aesthetic-score "
+                             "conditioning), which only refines SDXL base images; load an SDXL base checkpoint "
+                             "instead.")
     for family, prefix in (("sdxl", TEXT_PREFIXES["sdxl"]), ("sd2", TEXT_PREFIXES["sd2"]),
                            ("sd1", TEXT_PREFIXES["sd1"])):
         if any(k.startswith(prefix) for k in keys):

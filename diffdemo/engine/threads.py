@@ -22,7 +22,7 @@ from concurrent.futures import Future
 import torch
 
 _lock = threading.Lock()
-_current: "ModelThread | None" = None
+_current: ModelThread | None = None
 _beside = threading.Lock()  # one call beside the model thread at a time, whoever asks: one CPU core at most
 
 

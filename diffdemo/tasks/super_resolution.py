@@ -79,7 +79,8 @@ def validate(request: SuperResolutionRequest, models) -> SuperResolutionRequest:
     native = native_tile(models, request.scale)
     if request.tile_size is not None and as_number("tile_size", request.tile_size, integer=True) < native:
         raise InvalidRequest(f"tile_size must be at least {native} low-res pixels for this model at scale "
-                             f"{request.scale} (smaller crops are outside what it was trained on); got {request.tile_size}.")
+                             f"{request.scale} (smaller crops are outside what it was trained on); "
+                             f"got {request.tile_size}.")
     return replace(request, scale=int(request.scale), seed=resolve_seed(request.seed),
                    steps=as_number("steps", request.steps, integer=True, low=1, high=MAX_STEPS),
                    noise_level=as_number("noise_level", request.noise_level, integer=True, low=0, high=max_noise),

@@ -30,7 +30,7 @@ from diffdemo.tasks.text_to_image import validate as validate_text_to_image
 DECODE_MODES = ("vae", "tiny", "fast")  # exact VAE decode, the distilled tiny VAE, the linear map
 VIEWS = ("x_t", "x0", "eps")
 EULER_TYPE = ("Euler", "Euler a")  # samplers whose x is in the VE form x_0 + σ·ε
-_LATENT_RGB: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # vae -> the fast decoder's base pairs
+_LATENT_RGB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # vae -> the fast decoder's base pairs
 
 
 @dataclass(frozen=True)

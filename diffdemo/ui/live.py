@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Generator
+from collections.abc import Callable, Generator
 
 import gradio as gr
 

@@ -48,7 +48,7 @@ def gpu_decorator(duration: int = GPU_DURATION) -> Callable | None:
     Call it before the models are loaded: on ZeroGPU, ``spaces`` must be imported before CUDA is initialised.
     """
     try:
-        import spaces  # noqa: PLC0415 (optional: only on Hugging Face Spaces)
+        import spaces  # optional: only on Hugging Face Spaces
     except ImportError:
         return None
     return spaces.GPU(duration=duration)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def nearest_colour(rgb) -> str:
     return _NAMES[int(np.argmin(((_PALETTE - np.asarray(rgb, np.float32)) ** 2).sum(1)))]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit_area(shape: str) -> float:
     """Area (fraction of the image) of ``shape`` at radius 0.1; area scales with radius²."""
     return float(shape_coverage(shape, 0.5, 0.5, 0.1, 256).mean())

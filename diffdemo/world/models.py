@@ -58,7 +58,8 @@ def tiny_vae(preset: str, levels: int = 4) -> AutoencoderTiny:
     """
     width = _WIDTHS[preset]["tiny_vae"]
     return AutoencoderTiny(encoder_block_out_channels=(width,) * levels, decoder_block_out_channels=(width,) * levels,
-                           num_encoder_blocks=(0,) + (1,) * (levels - 1), num_decoder_blocks=(2, 2) + (0,) * (levels - 2))
+                           num_encoder_blocks=(0,) + (1,) * (levels - 1),
+                           num_decoder_blocks=(2, 2) + (0,) * (levels - 2))
 
 
 def _autoencoder(widths, layers, groups, size) -> AutoencoderKL:
