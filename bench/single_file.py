@@ -95,17 +95,20 @@ def main() -> None:
     folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="diffdemo-sd15-"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sd15-random-fp16.safetensors"
-    started = time.perf_counter()
-    written = write_file(path)
-    print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {written['params'] / 1e9:.3f} B parameters, "
-          f"{written['tensors']} tensors) in {time.perf_counter() - started:.0f} s", flush=True)
-    child = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True,
-                           env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
-    if child.returncode:
-        sys.exit(child.stderr[-3000:])
-    print(child.stdout.strip().splitlines()[-1])
-    if not args.keep:
-        path.unlink()
+    try:
+        started = time.perf_counter()
+        written = write_file(path)
+        print(f"wrote {path} ({path.stat().st_size / 2**30:.2f} GiB, {written['params'] / 1e9:.3f} B parameters, "
+              f"{written['tensors']} tensors) in {time.perf_counter() - started:.0f} s", flush=True)
+        child = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True,
+                               env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"})
+        if child.returncode:
+            sys.exit(child.stderr[-3000:])
+        print(child.stdout.strip().splitlines()[-1])
+    finally:  # the 2 GB file and the temporary folder go, whatever happened (unless --keep)
+        if not args.keep:
+            path.unlink(missing_ok=True)
+            folder.rmdir()
 
 
 if __name__ == "__main__":
