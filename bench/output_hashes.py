@@ -33,8 +33,9 @@ def runs(models):
     from PIL import Image
 
     from diffdemo import tasks
+    from diffdemo.world.examples import example_images
 
-    photo = tasks.example_images()[0][0]
+    photo = example_images()[0][0]
     mask = Image.new("L", photo.size, 0)
     mask.paste(255, (photo.width // 4, photo.height // 4, photo.width // 2, photo.height // 2))
     small = photo.resize((16, 16))

@@ -142,7 +142,7 @@ def test_moving_t_renoises_only_x_t(tiny_models, picture, tmp_path):
 def test_live_app_forward_endpoint(live_app, tmp_path):
     from gradio_client import Client, handle_file
 
-    from diffdemo.tasks import example_images
+    from diffdemo.world.examples import example_images
 
     path = tmp_path / "world.png"
     example_images()[0][0].save(path)  # a 128×128 world scene the embedded VAE knows well

@@ -1,5 +1,5 @@
 """Opt-in speed-ups for a loaded model set: memory layout, fused attention projections, torch.compile (CUDA graphs
-when shapes are fixed), VAE tiling/slicing, DeepCache-style step caching and throttled previews.
+when shapes are fixed), VAE tiling/slicing and DeepCache-style step caching.
 
 Every option is off by default, and a model set with every option off is returned untouched, so results stay
 bit-identical. Module settings are applied in place on the shared modules (one copy in memory); step caching wraps
@@ -346,17 +346,3 @@ def warm_up(models, height: int, width: int, batch: int = 1, guidance_scale: flo
     if models.device.type == "cuda":
         torch.cuda.synchronize(models.device)
     return time.perf_counter() - started
-
-
-def throttled(callback, seconds: float = 0.25):
-    """A step callback forwarding to ``callback`` at most once per ``seconds`` (and always the last step), so a live
-    preview (e.g. the trajectory tab's fast linear decode) costs one device sync per interval, not per step."""
-    last = [float("-inf")]
-
-    def forward(step) -> None:
-        now = time.perf_counter()
-        if now - last[0] >= seconds or step.index == step.total - 1:
-            last[0] = now
-            callback(step)
-
-    return forward

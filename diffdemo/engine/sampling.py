@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -75,6 +76,26 @@ def combine_callbacks(*callbacks: StepCallback | None) -> StepCallback | None:
     return callback
 
 
+def throttled(callback: StepCallback, seconds: float = 0.25) -> StepCallback:
+    """A step callback forwarding to ``callback`` at most once per ``seconds`` (and always the last step): a
+    progress bar or live preview then costs one message (or device sync) per interval, not one per step."""
+    last = [float("-inf")]
+
+    def forward(step) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= seconds or step.index == step.total - 1:
+            last[0] = now
+            callback(step)
+
+    return forward
+
+
+def step_kwargs(scheduler, generator) -> dict:
+    """``scheduler.step``'s keyword arguments: the generator for the samplers that draw noise in their step
+    (Euler a, DDPM); UniPC's step takes none."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
 def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], latents: torch.Tensor, *,
                  generator: torch.Generator | None = None, callback: StepCallback | None = None,
                  blend: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
@@ -89,12 +110,11 @@ def denoise_loop(scheduler, predict: Callable[[torch.Tensor, torch.Tensor], torc
     # host copies made once: reading a GPU tensor in every step's callback would sync the device every step
     host_timesteps = [int(t) for t in timesteps.tolist()] if callback is not None else None
     alphas = scheduler.alphas_cumprod.cpu() if callback is not None else None
-    # UniPC's step takes no generator; the stochastic samplers do
-    step_kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    extra = step_kwargs(scheduler, generator)
     for index in range(start_index, len(timesteps)):
         t = timesteps[index]
         output = predict(scheduler.scale_model_input(latents, t), t)
-        result = scheduler.step(output, t, latents, **step_kwargs)
+        result = scheduler.step(output, t, latents, **extra)
         latents = result.prev_sample
         x0 = getattr(result, "pred_original_sample", None)
         if x0 is None:  # multistep solvers keep x̂_0 as their last converted model output

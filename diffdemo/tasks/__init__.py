@@ -3,8 +3,7 @@ from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, Cancelled, Step
 from diffdemo.tasks.branch import BranchRequest, branch
 from diffdemo.tasks.common import InvalidRequest, TaskResult, save_png
 from diffdemo.tasks.compare import CompareRequest, compare
-from diffdemo.tasks.denoise import (DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, example_images,
-                                    noise_sweep)
+from diffdemo.tasks.denoise import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, noise_sweep
 from diffdemo.tasks.forward import ForwardRequest, forward, noise_schedule
 from diffdemo.tasks.inpaint import InpaintRequest, inpaint
 from diffdemo.tasks.playground import DATASETS, PLAYGROUND_SAMPLERS, PlaygroundCache, PlaygroundRequest, playground
@@ -14,7 +13,7 @@ from diffdemo.tasks.trajectory import TrajectoryRequest, load_run, trajectory
 
 __all__ = ["DEFAULT_SAMPLER", "SAMPLERS", "Cancelled", "InpaintRequest", "InvalidRequest", "Step", "TaskResult",
            "TextToImageRequest", "inpaint", "save_png", "text_to_image"]
-__all__ += ["DENOISE_SAMPLERS", "DenoiseRequest", "NoiseSweepRequest", "denoise", "example_images", "noise_sweep"]
+__all__ += ["DENOISE_SAMPLERS", "DenoiseRequest", "NoiseSweepRequest", "denoise", "noise_sweep"]
 __all__ += ["SuperResolutionRequest", "super_resolve"]
 __all__ += ["TrajectoryRequest", "load_run", "trajectory"]
 __all__ += ["ForwardRequest", "forward", "noise_schedule"]

@@ -9,7 +9,6 @@ therefore repeats the original, up to the float16 rounding of the kept latents.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
 from diffdemo.engine.prompts import encode_prompt
-from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, make_scheduler
+from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, make_scheduler, step_kwargs
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions
 from diffdemo.tasks.compare import Comparison, rms
 from diffdemo.tasks.saved_run import check_saved_run
@@ -92,7 +91,7 @@ def model_output_of(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar: float, euler
 def replay(scheduler, run: TrajectoryRun, stop: int, generator: list, models) -> None:
     """Steps ``scheduler`` (fresh, timesteps set) through steps 0..stop−1 with outputs recovered from the run, so
     its step counter, multistep history and ``generator``'s random stream are where the original run had them."""
-    kwargs = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    kwargs = step_kwargs(scheduler, generator)
     prediction_type = scheduler.config.prediction_type
     for i in range(stop):
         t = scheduler.timesteps[i]

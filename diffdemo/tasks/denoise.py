@@ -254,20 +254,3 @@ def noise_sweep(models, request: NoiseSweepRequest, callback: StepCallback | Non
     metadata = {"task": "noise_sweep", **{k: v for k, v in asdict(request).items() if k != "image"}, **notes,
                 "rows": rows, "model": models.name, "seconds": round(time.perf_counter() - started, 3)}
     return TaskResult(images=[], metadata=metadata)
-
-
-def example_images(seeds=(3, 11, 21, 40), sigmas=(50, 25, 75, 0), noise: float = 30.0) -> list:
-    """``(PIL image, σ to try)`` pairs of 128² world scenes; those paired with σ = 0 carry baked-in noise ``noise``."""
-    import random
-
-    from diffdemo.world.render import render_scenes, to_pil
-    from diffdemo.world.scene import sample_scene
-
-    pictures = to_pil(render_scenes([sample_scene(random.Random(seed)) for seed in seeds], 128))
-    examples = []
-    for seed, picture, sigma in zip(seeds, pictures, sigmas):
-        if sigma == 0:
-            noisy = add_noise(np.asarray(picture), noise, torch.Generator("cpu").manual_seed(seed))
-            picture = Image.fromarray(to_uint8(noisy))
-        examples.append((picture, sigma))
-    return examples

@@ -6,8 +6,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, example_images, noise_sweep
+from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, noise_sweep
 from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.world.examples import example_images
 
 EXPLANATION = """**σ** is the noise's standard deviation in pixel units (0–255); set it to 0 if your image is already
 noisy and σ will be estimated. **t** is the diffusion timestep whose noise level matches σ: the model starts its

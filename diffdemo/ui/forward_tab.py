@@ -6,8 +6,9 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, ForwardRequest, example_images, forward, noise_schedule
+from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, ForwardRequest, forward, noise_schedule
 from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.world.examples import example_images
 
 EXPLANATION = """The **forward process** destroys an image a little at a time; because the steps are Gaussian, any
 step t can be reached in one jump: **x_t = √ᾱ_t·x₀ + √(1−ᾱ_t)·ε** with fresh noise ε ~ N(0, I).

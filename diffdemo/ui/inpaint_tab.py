@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, InpaintRequest, InvalidRequest, inpaint
 from diffdemo.tasks.inpaint import MAX_PIXELS, MAX_SIDE
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, uploaded_path
 from diffdemo.ui.uploads import uploaded_image
 from diffdemo.world.scene import COLOURS
 
@@ -103,7 +103,7 @@ def _inpaint_handler(runner: Runner):
             outpaint_right: int = 0, outpaint_top: int = 0, outpaint_bottom: int = 0, outpaint_fill: str = "edge",
             request: gr.Request = None, progress=gr.Progress()):
         task_request = InpaintRequest(
-            image=_uploaded(image), mask=_uploaded(mask), prompt=prompt, negative_prompt=negative_prompt,
+            image=uploaded_path(image), mask=uploaded_path(mask), prompt=prompt, negative_prompt=negative_prompt,
             sampler=sampler, steps=steps, guidance_scale=guidance_scale, strength=strength, seed=seed,
             mask_blur=mask_blur, invert_mask=invert_mask, only_masked=only_masked, padding=padding,
             outpaint_left=outpaint_left, outpaint_right=outpaint_right, outpaint_top=outpaint_top,
@@ -115,13 +115,6 @@ def _inpaint_handler(runner: Runner):
 
     run.__name__ = "inpaint"
     return run
-
-
-def _uploaded(payload):
-    """The file path of an unprocessed image payload (a FileData dict); anything else is passed on as it is."""
-    if isinstance(payload, dict):
-        return payload.get("path")
-    return getattr(payload, "path", payload)
 
 
 def split_uploads(value, uploaded_mask=None) -> tuple:

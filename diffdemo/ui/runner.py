@@ -16,6 +16,7 @@ import gradio as gr
 from gradio.utils import get_upload_folder
 
 from diffdemo.engine.lora import LoraError
+from diffdemo.engine.sampling import throttled
 from diffdemo.engine.threads import model_thread
 from diffdemo.tasks import Cancelled, InvalidRequest, save_png
 from diffdemo.tasks.budget import TimeLimitExceeded
@@ -30,7 +31,7 @@ PROGRESS_INTERVAL = 0.25
 UPLOAD_FIELDS = ("image", "mask")  # request fields that may hold a file: only files Gradio received are accepted
 OUT_OF_MEMORY = ("The server ran out of memory for this request. Please try again with a smaller size, fewer "
                  "images or fewer steps.")
-_OUT_OF_MEMORY = object()  # what _call returns after running out of memory
+_RAN_OUT = object()  # what _call returns after running out of memory (the message is OUT_OF_MEMORY)
 
 
 class Runner:
@@ -97,7 +98,7 @@ class Runner:
                 self._cancel[session].discard(event)
                 if not self._cancel[session]:
                     del self._cancel[session]
-        if result is _OUT_OF_MEMORY:
+        if result is _RAN_OUT:
             raise gr.Error(OUT_OF_MEMORY, title="Out of memory", print_exception=False)
         return result
 
@@ -128,17 +129,17 @@ class Runner:
 
     def _call(self, task, task_request, event: threading.Event, progress):
         """Runs the task (holding the model lock); after running out of memory, frees it and returns a marker."""
-        last_update, started, limit = [-PROGRESS_INTERVAL], time.monotonic(), self.job_seconds
+        started, limit = time.monotonic(), self.job_seconds
+        report = None if progress is None else throttled(
+            lambda step: progress((step.index + 1, step.total), desc="Denoising", unit="steps"), PROGRESS_INTERVAL)
 
         def on_step(step) -> None:
             if event.is_set():
                 raise Cancelled()
             if limit is not None and time.monotonic() - started > limit:
                 raise TimeLimitExceeded(limit)
-            now = time.monotonic()
-            if progress is not None and (now - last_update[0] >= PROGRESS_INTERVAL or step.index + 1 == step.total):
-                last_update[0] = now
-                progress((step.index + 1, step.total), desc="Denoising", unit="steps")
+            if report is not None:
+                report(step)
 
         if event.is_set():  # stopped while waiting for the model
             raise Cancelled()
@@ -150,7 +151,7 @@ class Runner:
             # a string, not the error: it holds the failed run's frames and their tensors
             log.error("task %s ran out of memory: %s", getattr(task, "__name__", task), str(error))
         free_memory()  # the error and its frames are gone now, so this frees what the run held
-        return _OUT_OF_MEMORY
+        return _RAN_OUT
 
     def watch_cache(self, blocks) -> None:
         """Also cleans the Gradio cache of ``blocks`` on its ``delete_cache`` schedule (see
