@@ -5,7 +5,6 @@ Nothing here touches the network: HF_HUB_OFFLINE is set before diffusers/transfo
 from __future__ import annotations
 
 import os
-import socket
 from types import SimpleNamespace
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -108,12 +107,6 @@ def embedded_models():
     return load_models()  # default device: accelerate picks the CPU here (fp32)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_app(embedded_models, tmp_path_factory):
     """The whole app with the embedded model, launched once in this process with app.py's limits; has ``url`` and
@@ -121,6 +114,7 @@ def live_app(embedded_models, tmp_path_factory):
     from diffdemo.ui.app import build_demo, configure_queue
     from diffdemo.ui.limits import install_limits
     from fast_app import local_limits, speeds
+    from helpers import free_port
 
     demo = configure_queue(build_demo(embedded_models, output_dir=tmp_path_factory.mktemp("outputs")))
     extra = install_limits(demo, local_limits(), speeds())
@@ -130,3 +124,13 @@ def live_app(embedded_models, tmp_path_factory):
         yield SimpleNamespace(url=url, port=port, demo=demo)
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def fast_live_app(tiny_models, embedded_models, tmp_path_factory):
+    """The whole app on the fast model set (tiny models, the embedded pixel denoiser), launched once for the files
+    that only call it; files that wrap its tasks (test_concurrency.py) or change its limits launch their own."""
+    from fast_app import fast_model_set, launched
+
+    with launched(fast_model_set(tiny_models, embedded_models), tmp_path_factory.mktemp("outputs")) as live:
+        yield live

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 
 import httpx
 import numpy as np
+from helpers import free_port, wait_until
 from PIL import Image
 
 # (tab module, the task function its handler calls): wrapping that name wraps every job the tab starts
@@ -29,12 +30,6 @@ TAB_TASKS = (("diffdemo.ui.text_to_image_tab", "text_to_image"), ("diffdemo.ui.i
              ("diffdemo.ui.denoise_tab", "denoise"), ("diffdemo.ui.super_resolution_tab", "super_resolve"),
              ("diffdemo.ui.trajectory_tab", "trajectory"))
 TIMEOUT = 60
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fast_model_set(tiny_models, embedded_models):
@@ -150,11 +145,7 @@ class JobRecorder:
         return recorded
 
     def wait_for(self, condition, timeout: float = TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout} s; jobs: {self.jobs}")
-            time.sleep(0.005)
+        wait_until(condition, timeout, lambda: f"a condition; jobs: {self.jobs}", interval=0.005)
 
     def overlapping(self) -> list[tuple[Job, Job]]:
         """Pairs of jobs that held the models at the same time (a finished job's interval is [start, end])."""
@@ -304,11 +295,6 @@ def bomb_png(width: int, height: int) -> bytes:
     data = b"".join(pieces) + packer.flush()
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-
-
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def png_bytes(image: Image.Image) -> bytes:

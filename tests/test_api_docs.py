@@ -72,6 +72,7 @@ def files_in(value) -> list[str]:
     return []
 
 
+@pytest.mark.slow
 def test_examples_run_against_the_live_app(live_app, tmp_path, monkeypatch):
     from gradio_client import Client
 
@@ -110,7 +111,7 @@ def test_examples_run_against_the_live_app(live_app, tmp_path, monkeypatch):
 def mcp_app(tiny_models):
     """The app on the tiny model set, launched with Gradio's MCP server."""
     pytest.importorskip("mcp", reason='the MCP server needs pip install "gradio[mcp]"')
-    from conftest import free_port
+    from helpers import free_port
     from diffdemo.ui.app import build_demo, configure_queue
 
     demo = configure_queue(build_demo(tiny_models))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fast_app import bomb_png, fast_model_set, fn_index, launched, raw_data, raw_result, upload, write_image, write_mask
+from fast_app import bomb_png, fn_index, raw_data, raw_result, upload, write_image, write_mask
 
 OK = None  # the case must succeed
 
@@ -112,9 +112,8 @@ NO_STEPS = {"forward"}  # endpoints without a steps parameter
 
 
 @pytest.fixture(scope="module")
-def app(tiny_models, embedded_models, tmp_path_factory):
-    with launched(fast_model_set(tiny_models, embedded_models), tmp_path_factory.mktemp("outputs")) as live:
-        yield live
+def app(fast_live_app):
+    return fast_live_app
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 from PIL import Image
 
 from diffdemo.batch import main
+from helpers import pixels, wait_until
 from diffdemo.tasks import TextToImageRequest, text_to_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,11 +35,6 @@ def batch(tiny_model_dir, source, out, *extra):
 
 def manifest(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def file_identity(path: Path) -> tuple[int, int]:
@@ -107,6 +102,7 @@ def test_resume_skips_finished_items_and_redoes_broken_or_changed_ones(tiny_mode
     assert {name: file_identity(out / name) for name in untouched} == untouched
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp_path):
     source, out = write_prompts(tmp_path / "prompts.txt", [f"a red circle number {i}" for i in range(40)]), \
         tmp_path / "out"
@@ -114,10 +110,11 @@ def test_a_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp
                "--steps", "2", "--device", "cpu", "--no-progress"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
-        while len(list((out / "records").glob("*.json"))) < 3 and time.monotonic() < deadline:
+        def three_records() -> bool:
             assert process.poll() is None, "the batch ended before it could be killed"
-            time.sleep(0.05)
+            return len(list((out / "records").glob("*.json"))) >= 3
+
+        wait_until(three_records, 90, "three records", interval=0.05)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -130,6 +127,7 @@ def test_a_killed_run_resumes_without_redoing_finished_items(tiny_model_dir, tmp
     assert all(pixels(out / f"{i:05d}.png").shape == (64, 64, 3) for i in range(40))
 
 
+@pytest.mark.slow
 def test_two_processes_make_the_same_images_as_one(tiny_model_dir, tmp_path):
     source = write_prompts(tmp_path / "prompts.txt")
     threads = torch.get_num_threads()

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import importlib
-import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from diffdemo.tasks import InvalidRequest
 from diffdemo.tasks.branch import BranchRequest, branch, read_run
 from diffdemo.tasks.compare import rms
 from diffdemo.tasks.trajectory import TrajectoryRequest, save_run, trajectory
+from helpers import psnr
 
 branch_module = importlib.import_module("diffdemo.tasks.branch")  # the package exports the function of that name
 PROMPT = "a large red star on a blue background"
@@ -21,12 +20,6 @@ OTHER = "a small green circle on a white background"
 def record(models, **settings):
     settings = {"prompt": PROMPT, "steps": 4, "seed": 5, "decode": "fast", **settings}
     return trajectory(models, TrajectoryRequest(**settings)).extras["run"]
-
-
-def psnr(a, b) -> float:
-    a, b = (np.asarray(x.convert("RGB"), dtype=np.float64) for x in (a, b))
-    mse = np.mean((a - b) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 @pytest.mark.parametrize("sampler", ["DDIM", "DPM++ 2M", "UniPC", "Euler", "Euler a", "DDPM"])
@@ -52,6 +45,7 @@ def test_replaying_the_solver_state_matters(tiny_models, sampler, monkeypatch):
     assert restarted > 10 * replayed
 
 
+@pytest.mark.slow
 def test_ddim_branch_reproduces_the_image_and_a_new_prompt_changes_it(embedded_models):
     run = record(embedded_models, steps=10, decode="vae")
     same = branch(embedded_models, run, BranchRequest(step=5))

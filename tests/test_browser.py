@@ -12,10 +12,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import re
-import time
 from pathlib import Path
 
 import pytest
+from helpers import UPLOAD_INPUTS, wait_until
 
 CHROMIUM = Path(os.environ.get("DIFFDEMO_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -25,6 +25,7 @@ PROMPT = "a large red star on a blue background"
 SEED = 4  # a fixed seed keeps the docs screenshot reproducible
 TIMEOUT_MS = 60_000
 GALLERY_IMAGE = ".gallery-container img, [data-testid='gallery'] img"  # Gradio 6 gallery thumbnails
+pytestmark = pytest.mark.slow  # a real browser: a minute or more
 
 if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium, or set DIFFDEMO_CHROMIUM)",
@@ -125,6 +126,33 @@ def assert_no_error(page) -> None:
     assert toasts.count() == 0, toasts.first.inner_text()
 
 
+TABS = ("Text to image", "Inpainting", "Denoising", "Super-resolution", "Trajectory", "Compare", "Forward process",
+        "2-D playground")
+# The label of the block around each upload zone ("Drop Media Here - or - Click to Upload") shown in a panel.
+UPLOAD_ZONE_LABELS = """panel => [...panel.querySelectorAll('[data-testid="upload-text"]')]
+    .filter(el => el.offsetParent !== null && /Click to Upload/i.test(el.textContent))
+    .map(el => { const block = el.closest('.block');
+                 const label = block && block.querySelector('[data-testid="block-label"], [data-testid="block-info"]');
+                 return label ? label.textContent.trim() : '(no label)'; })"""
+
+
+def test_no_output_shows_an_upload_zone_before_the_first_run(page):
+    """A newcomer's first sight: only the inputs invite an upload; no result area says "Drop Media Here"
+    (tests/test_ui.py checks the same of every output, drawn or not, in the app's config)."""
+    seen = {}
+    for tab in TABS:
+        panel = open_tab(page, tab)
+        panel.locator("button, input").first.wait_for(state="visible", timeout=TIMEOUT_MS)
+        closed = panel.locator(".label-wrap:not(.open)").filter(visible=True)
+        for _ in range(closed.count()):  # open every accordion: outputs hide there too
+            closed.first.click()
+        page.wait_for_timeout(500)  # an accordion draws its content as it opens
+        seen[tab] = panel.evaluate(UPLOAD_ZONE_LABELS)
+    assert seen["Inpainting"], "not even the mask's upload zone was found: the probe misses Gradio's upload text"
+    outputs = {tab: [label for label in labels if label not in UPLOAD_INPUTS] for tab, labels in seen.items()}
+    assert not any(outputs.values()), f"outputs that offer an upload: {outputs}"
+
+
 def test_unknown_words_show_next_to_the_result_in_the_browser(page):
     panel = open_tab(page, "Text to image")
     panel.get_by_label("Prompt", exact=True).fill("a red cat on a blue background")
@@ -194,16 +222,10 @@ def test_stop_and_closing_the_tab_end_a_run_in_the_browser(live_app, browser):
         panel = page.locator("[role=tabpanel]").filter(visible=True).last
         set_number(panel, "Steps", "150")  # several seconds on a CPU
         panel.get_by_role("button", name="Generate", exact=True).click()
-        wait_until(lambda: runner.active == 1, TIMEOUT_MS)
-
-    def wait_until(condition, timeout_ms: int) -> None:
-        started = time.monotonic()
-        while not condition() and time.monotonic() - started < timeout_ms / 1000:
-            time.sleep(0.05)
-        assert condition()
+        wait_until(lambda: runner.active == 1, TIMEOUT_MS / 1000, "a run to start", interval=0.05)
 
     def wait_until_idle() -> None:
-        wait_until(lambda: runner.active == 0, deadline_ms)
+        wait_until(lambda: runner.active == 0, deadline_ms / 1000, "the run to end", interval=0.05)
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(live_app.url, timeout=TIMEOUT_MS)

@@ -121,6 +121,7 @@ def test_compare_handler_streams_then_shows(tiny_models, tmp_path):
     assert table.count("\n") == 3 and table == numbers_table(numbers_at(store.get(comparison_id), 50))
 
 
+@pytest.mark.slow
 def test_live_app_compare_and_branch(live_app):
     """/compare and /branch through the API; /branch continues this client's last /trajectory run."""
     from gradio_client import Client

@@ -19,8 +19,9 @@ import torch
 
 from diffdemo.ui.app import GPU_GROUP, QUEUE_SIZE
 from diffdemo.ui.runner import Runner
-from fast_app import (BrowserSession, JobRecorder, fast_model_set, fn_index, launched, pixels, raw_data,
+from fast_app import (BrowserSession, JobRecorder, fast_model_set, fn_index, launched, raw_data,
                       stop_fn_index, write_image, write_mask)
+from helpers import pixels
 
 PROMPT = "a red circle"
 TABS = ("text_to_image", "inpaint", "denoise", "super_resolve", "trajectory")
@@ -106,6 +107,7 @@ def test_every_model_event_is_in_the_one_gpu_group(app):
     assert app.demo._queue.default_concurrency_limit == 1
 
 
+@pytest.mark.slow
 def test_jobs_on_different_tabs_never_interleave(app, recorder, clients, images):
     recorder.reset(step_delay=0.02)
     jobs = [client.submit(**call(tab, images, steps=3)) for client, tab in zip(clients, TABS)]
@@ -138,6 +140,7 @@ def test_the_runner_runs_one_task_at_a_time_whoever_calls_it():
     assert len(most) == 6 and max(most) == 1
 
 
+@pytest.mark.slow
 def test_a_stopped_run_finishes_its_step_before_the_next_job_starts(app, recorder, clients):
     recorder.reset(step_delay=1.0)
     running = clients[0].submit(api_name="/trajectory", prompt=PROMPT, steps=30, seed=1, decode="fast")
@@ -178,6 +181,7 @@ def test_the_21st_waiting_job_is_told_the_queue_is_full(app, recorder, clients):
 
 # --- 2. load -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_twenty_concurrent_jobs_across_tabs_match_serial_runs(app, recorder, clients, images):
     distinct = [(tab, seed) for tab in TABS[:4] for seed in (1, 2)] + [("trajectory", 1)]
     serial = {key: main_image(clients[0].predict(**call(key[0], images, seed=key[1]))) for key in distinct}
@@ -210,6 +214,7 @@ def test_stop_ends_the_run_within_one_step_and_the_next_job_runs(app, recorder, 
     assert len(recorder.jobs) == 2 and recorder.jobs[1].error is None
 
 
+@pytest.mark.slow
 def test_closing_the_tab_ends_the_run_within_one_step(app, recorder, clients):
     recorder.reset(step_delay=0.5)  # longer than it takes the server to notice the closed connections
     tab = BrowserSession(app.url)

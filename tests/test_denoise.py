@@ -112,6 +112,7 @@ def test_noise_sweep_rows(embedded_models, picture):
     assert noisy[25.0] > noisy[75.0]
 
 
+@pytest.mark.slow
 def test_diffusion_beats_noisy_and_classical_at_sigma_50(embedded_models):
     """The issue's acceptance, on 7 world images (docs/MODEL_CARD.md has the 20-image table)."""
     gains_noisy, gains_classical = [], []
@@ -123,6 +124,7 @@ def test_diffusion_beats_noisy_and_classical_at_sigma_50(embedded_models):
     assert np.median(gains_classical) >= 2, gains_classical
 
 
+@pytest.mark.slow
 def test_live_app_denoise_endpoint_with_only_an_image(live_app, picture, tmp_path):
     from gradio_client import Client, handle_file
 

@@ -14,6 +14,7 @@ PROMPTS = [
     ("a large white square on a green background", "square", "white", "green"),
 ]
 SEEDS = (0, 1)
+pytestmark = pytest.mark.slow  # six 25-step pictures from the shipped model
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,7 @@ def test_the_world_stream_mixes_emoji_in_by_share_and_is_unchanged_without(glyph
     assert isinstance(recaption_any(shapes_only[0], mixed_rng), Scene)
 
 
+@pytest.mark.slow
 def test_a_tiny_training_run_with_emoji_writes_their_vocabulary(tmp_path):
     """Tokenizer and U-Net stages of the tiny preset with half the world scenes emoji (tiles: the committed few)."""
     import json

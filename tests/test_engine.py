@@ -10,6 +10,7 @@ import torch
 from diffdemo.engine import SAMPLERS, Cancelled
 from diffdemo.tasks import InvalidRequest, TextToImageRequest, text_to_image
 from diffdemo.tasks.common import save_png
+from helpers import pixels
 
 PROMPT = "a large red circle on a blue background"
 
@@ -17,10 +18,6 @@ PROMPT = "a large red circle on a blue background"
 def generate(models, callback=None, **fields):
     fields = {"prompt": PROMPT, "steps": 3, "seed": 1234, **fields}
     return text_to_image(models, TextToImageRequest(**fields), callback)
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"))
 
 
 def assert_nearly_same(a, b, max_diff: int = 2, max_fraction: float = 0.01):

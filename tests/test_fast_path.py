@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -11,6 +12,7 @@ from diffdemo.engine import load_models
 from diffdemo.engine.fast import MIN_VAE_TILE, FastPath, StepCachedUNet, apply_fast_path, compile_settings, warm_up
 from diffdemo.engine.sampling import Step, make_scheduler, throttled
 from diffdemo.tasks import TextToImageRequest, text_to_image
+from helpers import psnr
 
 PROMPT = "a large red star on a blue background"
 
@@ -21,12 +23,7 @@ def generate(models, callback=None, **fields):
 
 
 def pixels(result) -> np.ndarray:
-    return np.asarray(result.images[0].convert("RGB"), dtype=np.int16)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+    return helpers.pixels(result, np.int16)  # signed: the tests subtract pictures
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +191,7 @@ def test_throttled_previews_keep_the_last_step():
     assert seen == [0, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["DDIM", "Euler"])
 def test_a_request_after_warm_up_needs_no_new_graph(tiny_model_dir, sampler):
     """warm_up exists to pay torch.compile before the first request; a compiled graph guards on the kind and the

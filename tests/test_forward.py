@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ def picture():
 
 
 def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB"), dtype=np.int16)
+    return helpers.pixels(image, np.int16)  # signed: the tests subtract pictures
 
 
 def test_q_sample_has_the_closed_form_mean_and_variance():

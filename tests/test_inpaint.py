@@ -128,6 +128,7 @@ def test_heatmap_and_png_metadata(tiny_models, tmp_path):
 
 # --- The shipped model: repaints the masked shape in the asked colour ------------------------------------------
 
+@pytest.mark.slow
 def test_embedded_model_repaints_in_the_asked_colour(embedded_models):
     image, circle = world_picture()
     mask = dilate(circle, 3)
@@ -143,6 +144,7 @@ def test_embedded_model_repaints_in_the_asked_colour(embedded_models):
     assert rate >= 0.8, colours
 
 
+@pytest.mark.slow
 def test_outpainting_continues_the_picture(embedded_models):
     image, _ = world_picture()
     result = inpaint(embedded_models, InpaintRequest(image=image, prompt=PROMPT, outpaint_right=32, seed=3))
@@ -370,6 +372,7 @@ def test_editor_value_splits_into_image_and_mask(tmp_path):
     assert split_editor(None) == (None, None)
 
 
+@pytest.mark.slow
 def test_browser_send_paint_and_generate(live_app):
     """The real page: a text-to-image result is sent to the Inpainting tab, an example fills picture, mask and
     prompt, Generate splits the editor and runs /inpaint, and the result and changed-pixels images appear."""

@@ -68,6 +68,7 @@ def imported(request):
     return layer, Report(json.loads(done.stdout.splitlines()[-1]))
 
 
+@pytest.mark.slow  # a fresh interpreter per layer: about 25 s in all
 def test_no_module_of_a_layer_imports_what_lies_above_it(imported):
     layer, report = imported
     wrong = sorted({f"{importer} imports {name}" for importer, name in report["edges"]
@@ -75,6 +76,7 @@ def test_no_module_of_a_layer_imports_what_lies_above_it(imported):
     assert not wrong, f"diffdemo.{layer} must not import {FORBIDDEN[layer]}:\n" + "\n".join(wrong)
 
 
+@pytest.mark.slow
 def test_a_layer_pulls_in_nothing_above_it(imported):
     layer, report = imported
     loaded = sorted(name for name in report["modules"] if names(name, NOT_LOADED.get(layer, ())))

@@ -12,15 +12,12 @@ from test_loading import assert_one_sentence
 
 from diffdemo.engine import ModelLoadError, load_models
 from diffdemo.engine.single_file import CONFIGS, inspect_checkpoint
+from helpers import pixels
 from diffdemo.tasks import (BranchRequest, CompareRequest, ForwardRequest, InpaintRequest, SuperResolutionRequest,
                             TextToImageRequest, TrajectoryRequest, branch, compare, forward, inpaint, super_resolve,
                             text_to_image, trajectory)
 
 PROMPT = "a red circle"
-
-
-def pixels(result, index=0) -> np.ndarray:
-    return np.asarray(result.images[index])
 
 
 def make_image(models, seed=3):

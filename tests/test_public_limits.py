@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from diffdemo.ui.limits import Limits
 from fast_app import (TIMEOUT, JobRecorder, fast_model_set, fn_index, launched, raw_data, raw_result, refusal,
                       upload, write_image, write_mask)
+from helpers import wait_until
 
 PROMPT = "a red circle"
 ADMIN = "operator-secret"
@@ -128,10 +129,8 @@ def test_a_cancelled_or_abandoned_waiting_job_frees_its_place(app, recorder):
     with httpx.stream("GET", f"{app.url}gradio_api/queue/data", params={"session_hash": session},
                       timeout=TIMEOUT) as stream:
         next(stream.iter_lines())  # connected; leaving the block disconnects: Gradio drops the session's jobs
-    deadline = time.monotonic() + 15
-    while join(app, "text_to_image", session, prompt=PROMPT, steps=1).status_code != 200:
-        assert time.monotonic() < deadline, "the abandoned jobs kept their places"
-        time.sleep(0.2)
+    wait_until(lambda: join(app, "text_to_image", session, prompt=PROMPT, steps=1).status_code == 200, 15,
+               "the abandoned jobs to give up their places", interval=0.2)
     recorder.gate.set()
 
 
@@ -165,10 +164,12 @@ def test_the_operator_lists_and_cancels_jobs(app, recorder):
     threads[0].start()
     recorder.wait_for(lambda: recorder.jobs)
     threads[1].start()
-    deadline = time.monotonic() + TIMEOUT
-    while len(jobs := httpx.get(admin + "jobs", headers=token, timeout=TIMEOUT).json()["jobs"]) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+
+    def both_listed() -> list | None:
+        jobs = httpx.get(admin + "jobs", headers=token, timeout=TIMEOUT).json()["jobs"]
+        return jobs if len(jobs) >= 2 else None
+
+    jobs = wait_until(both_listed, TIMEOUT, "both jobs in the operator's list", interval=0.05)
     assert [job["state"] for job in jobs] == ["running", "waiting"] and jobs[0]["what"] == "text_to_image"
     answer = httpx.post(admin + "cancel", headers=token, timeout=TIMEOUT).json()
     assert answer["cancelled"] == "all" and len(answer["stopping"]) == 1
@@ -182,6 +183,7 @@ def test_the_operator_lists_and_cancels_jobs(app, recorder):
 
 # --- 2. a crafted saved run ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_crafted_run_file_is_refused_with_a_message(app, recorder, tmp_path, capfd):
     from gradio_client import Client, handle_file
 
@@ -214,6 +216,7 @@ def craft(source, target, change: dict):
 
 # --- the kept-run store ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_five_other_visitors_do_not_evict_your_trajectory(app, recorder):
     visitors = [uuid.uuid4().hex for _ in range(6)]
     for seed, session in enumerate(visitors):  # yours first, then five other visitors' (4 were kept in all)
@@ -232,6 +235,7 @@ def test_five_other_visitors_do_not_evict_your_trajectory(app, recorder):
 RETRY = ("Queue is full", "waiting or running")  # what a refused honest client is told: try again
 
 
+@pytest.mark.slow
 def test_thirty_clients_are_all_served_or_told_to_retry(app, recorder, files):
     mix = [("text_to_image", dict(prompt=PROMPT, steps=1)), ("denoise", dict(image=files["picture"], steps=1)),
            ("inpaint", dict(image=files["picture"], mask=files["mask"], prompt=PROMPT, steps=1)),

@@ -7,7 +7,8 @@ import gradio as gr
 import pytest
 
 from diffdemo.tasks import InvalidRequest
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import OUT_OF_MEMORY, Runner
+from helpers import wait_until
 
 
 def slow_task(steps_done: list, total: int = 50, delay: float = 0.02):
@@ -35,8 +36,7 @@ def test_stop_ends_the_run_within_one_step_and_the_next_run_works():
 
     thread = threading.Thread(target=run)
     thread.start()
-    while len(done) < 5:
-        time.sleep(0.005)
+    wait_until(lambda: len(done) >= 5, 10, "five steps", interval=0.005)
     runner.stop(request)
     steps_at_stop = len(done)
     thread.join(timeout=5)
@@ -62,12 +62,23 @@ def test_invalid_request_becomes_its_own_message():
 
 def test_unexpected_failure_is_reported_without_internals(caplog):
     def task(models, request, callback):
+        raise KeyError("conv_in.weight at 0xdeadbeef")
+
+    with pytest.raises(gr.Error) as info:
+        Runner(models=None).run(task, None, None, None)
+    assert info.value.message.startswith("Something went wrong on the server")
+    assert "deadbeef" not in str(info.value) and "Traceback" not in str(info.value)
+    assert "try again" in str(info.value)
+    assert "conv_in.weight at 0xdeadbeef" in caplog.text  # the details stay in the server log
+
+
+def test_running_out_of_memory_says_so_and_what_to_try(caplog):
+    def task(models, request, callback):
         raise RuntimeError("CUDA out of memory at 0xdeadbeef")
 
     with pytest.raises(gr.Error) as info:
         Runner(models=None).run(task, None, None, None)
-    assert "deadbeef" not in str(info.value) and "Traceback" not in str(info.value)
-    assert "try again" in str(info.value)
+    assert info.value.message == OUT_OF_MEMORY
     assert "CUDA out of memory" in caplog.text  # the details stay in the server log
 
 

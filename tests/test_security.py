@@ -14,16 +14,15 @@ import pytest
 from PIL import Image, ImageFile
 
 from diffdemo.ui.runner import Runner, check_uploads
-from fast_app import bomb_png, fast_model_set, fn_index, launched, raw_data, raw_result, upload, write_image, write_mask
+from fast_app import bomb_png, fn_index, raw_data, raw_result, upload, write_image, write_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_COLOUR = (200, 220, 240)  # bright: as a mask it would repaint everything
 
 
 @pytest.fixture(scope="module")
-def app(tiny_models, embedded_models, tmp_path_factory):
-    with launched(fast_model_set(tiny_models, embedded_models), tmp_path_factory.mktemp("outputs")) as live:
-        yield live
+def app(fast_live_app):
+    return fast_live_app
 
 
 @pytest.fixture(scope="module")

@@ -110,8 +110,9 @@ def _read_lines(stream, lines: queue.Queue) -> None:
         lines.put(line.rstrip("\n"))
 
 
+@pytest.mark.slow
 def test_share_offline_says_so_in_one_line_and_keeps_serving(tmp_path):
-    from conftest import free_port
+    from helpers import free_port
 
     port = free_port()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there: the share server is unreachable

@@ -43,6 +43,7 @@ def app(tiny_models, tmp_path_factory):
         yield live
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads memory use from /proc (Linux)")
 def test_many_identical_requests_keep_memory_and_disk_bounded(app):
     from gradio_client import Client

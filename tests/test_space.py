@@ -157,10 +157,11 @@ def fake_spaces(calls: list) -> types.ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_spaces_gpu_wraps_exactly_the_model_events(space_env, monkeypatch):
     from gradio_client import Client
 
-    from conftest import free_port
+    from helpers import free_port
 
     calls: list = []
     monkeypatch.setitem(sys.modules, "spaces", fake_spaces(calls))

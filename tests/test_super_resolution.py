@@ -75,6 +75,7 @@ def to_pixels(tensor):
     return ((tensor[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
+@pytest.mark.slow
 def test_flat_colour_stays_flat_across_upscaler_tile_seams(embedded_models):
     flat = np.zeros((96, 96, 3), np.uint8)
     flat[:] = RED
@@ -102,6 +103,7 @@ def test_evaluate_mode_scores_all_three_methods(embedded_models):
     assert raw["diffusion"]["psnr"] > 25 and metrics["diffusion"]["psnr"] > raw["diffusion"]["psnr"] + 1
 
 
+@pytest.mark.slow
 def test_the_mean_of_samples_beats_one_sample(embedded_models):
     """The mean of samples estimates the posterior mean, which has the least squared error: over five world
     pictures the default (4 samples of 5 steps, half mirrored) beats one 20-step sample by a clear margin."""
@@ -211,6 +213,7 @@ def test_api_super_resolve_with_only_an_image(live_app, tmp_path):
     assert metadata["evaluate"] is False and metadata["metrics"] is None
 
 
+@pytest.mark.slow
 def test_evaluate_scores_the_diffusers_pipeline_and_the_task(embedded_models):
     """``python -m diffdemo.world.evaluate``'s upscaler rows: the folder through diffusers' own pipeline, and the
     task's default beside bicubic, on fresh world pictures."""

@@ -43,6 +43,7 @@ def test_folder_lists_models_only(models_dir):
     assert list(scan_models(models_dir)) == ["wide-file.safetensors", "wide-folder"]
 
 
+@pytest.mark.slow
 def test_switching_back_and_forth_frees_the_previous_model(models_dir):
     config = str(models_dir / "wide-folder")
     first = load_models(config, device="cpu")
@@ -79,13 +80,14 @@ def test_unknown_or_broken_model_keeps_the_current_one(models_dir, tmp_path):
         (models_dir / "broken").rmdir()
 
 
+@pytest.mark.slow
 def test_menu_and_api_switch_the_live_app(tiny_model_dir, tiny_sd1_file, tmp_path):
     import shutil
 
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    from conftest import free_port
+    from helpers import free_port
     from diffdemo.ui.app import build_demo, configure_queue
     from diffdemo.ui.limits import install_limits
     from fast_app import local_limits, speeds

@@ -120,6 +120,7 @@ def test_work_beside_the_model_thread_runs_one_call_at_a_time():
     assert most[0] == 1
 
 
+@pytest.mark.slow
 def test_the_app_runs_torch_with_more_than_one_cpu_thread_only_on_the_model_thread(tiny_models, tmp_path):
     """A second thread that uses torch with several CPU threads gives the process a second OpenMP pool, which
     slows every model call 2-2.5x on a CPU. Build and serve the app with every thread watched: only the model
@@ -128,7 +129,7 @@ def test_the_app_runs_torch_with_more_than_one_cpu_thread_only_on_the_model_thre
 
     from gradio_client import Client
 
-    from conftest import free_port
+    from helpers import free_port
     from diffdemo.tasks import TrajectoryRequest, trajectory
     from diffdemo.tasks.trajectory import frame
     from diffdemo.ui.app import build_demo, configure_queue

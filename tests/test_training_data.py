@@ -80,6 +80,7 @@ def loss_curve(out, stage):
     return json.loads((out / "logs" / f"{stage}.json").read_text())["log"]["loss_curve"]
 
 
+@pytest.mark.slow
 def test_a_stopped_stage_resumes_to_the_curve_of_an_unbroken_run(tmp_path):
     """``--vae-steps 2`` then ``--vae-steps 4`` in one folder: the same loss curve and weights as 4 at once."""
     from safetensors.torch import load_file

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from diffdemo.tasks import InvalidRequest
 from diffdemo.tasks.trajectory import (TrajectoryRequest, contact_sheet, epsilon, export_gif, frame, load_run,
                                        save_run, trajectory)
+from helpers import psnr, wait_until
 
 PROMPT = "a large red star on a blue background"
 
@@ -22,11 +22,6 @@ def run_of(models, **settings):
 
 def as_array(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float64)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a - b) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +72,7 @@ def test_euler_epsilon_is_finite(tiny_models):
         assert frame(run, i, "eps").size == frame(run, i, "x_t").size == (64, 64)
 
 
+@pytest.mark.slow
 def test_scrubbing_calls_no_unet(embedded_models, embedded_run, monkeypatch):
     run = embedded_run.extras["run"]
     calls = []
@@ -124,6 +120,7 @@ def test_invalid_requests(tiny_models):
         frame(run, 2)
 
 
+@pytest.mark.slow
 def test_live_app_prompt_only(live_app):
     from gradio_client import Client
 
@@ -171,7 +168,5 @@ def test_closing_the_handler_stops_the_run(tiny_models, tmp_path, monkeypatch):
     updates = _trajectory_handler(runner, RunStore())(PROMPT, steps=150, seed=3, decode="fast")
     assert next(updates)[6] == "step 1/150"
     updates.close()  # what gradio does on Stop or a closed page: GeneratorExit in the handler
-    deadline = time.time() + 30
-    while runner._cancel and time.time() < deadline:  # the worker deregisters when Cancelled ends its run
-        time.sleep(0.02)
-    assert not runner._cancel and len(calls) < 150
+    wait_until(lambda: runner.active == 0, 30, "the run to end")  # it deregisters when Cancelled ends it
+    assert len(calls) < 150

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import UPLOAD_INPUTS, pixels
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,11 +45,6 @@ def client(server):
 
 def generate(client, **kwargs):
     return client.predict(api_name=API, **kwargs)
-
-
-def pixels(path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def test_prompt_only_uses_defaults(client):
@@ -149,6 +145,7 @@ def test_cli_help_lists_options(capsys):
         assert option in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option", ["--model", "--tiny-vae"])
 def test_cli_missing_model_folder_is_one_clear_line(option):
     folder = "/nonexistent/folder"
@@ -163,3 +160,14 @@ def test_cli_missing_model_folder_is_one_clear_line(option):
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("diffdemo:")
     assert folder in lines[0]
+
+
+def test_every_output_picture_gallery_and_file_is_not_interactive(live_app):
+    """An interactive output shows "Drop Media Here - or - Click to Upload" before the first run, as if the visitor
+    should upload something there; only the inputs may (tests/test_browser.py looks at the page itself)."""
+    kinds = ("image", "gallery", "file", "video", "imageeditor")
+    components = [c["props"] for c in live_app.demo.config["components"] if c["type"] in kinds]
+    assert UPLOAD_INPUTS <= {props.get("label") for props in components}  # the list of inputs is up to date
+    offering = [props.get("label") for props in components
+                if props.get("label") not in UPLOAD_INPUTS and props.get("interactive") is not False]
+    assert not offering, f"outputs that offer an upload: {offering}"

@@ -153,6 +153,7 @@ def tiny_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_tiny_training_run_is_loadable(tiny_run):
     from diffusers import StableDiffusionPipeline
     from safetensors import safe_open
@@ -174,6 +175,7 @@ def test_tiny_training_run_is_loadable(tiny_run):
     assert image.size == (64, 64)
 
 
+@pytest.mark.slow
 def test_tiny_vae_stage_writes_a_loadable_autoencoder_tiny(tiny_run):
     from diffusers import AutoencoderTiny
 
@@ -186,6 +188,7 @@ def test_tiny_vae_stage_writes_a_loadable_autoencoder_tiny(tiny_run):
         assert tiny.encode(torch.rand(1, 3, 64, 64) * 2 - 1).latents.shape == (1, 4, 8, 8)
 
 
+@pytest.mark.slow
 def test_tiny_training_run_is_reproducible(tiny_run, tmp_path):
     """Same seed, same loss curves (given the same tokenizer: see the next test)."""
     second = tmp_path / "second"
@@ -195,12 +198,14 @@ def test_tiny_training_run_is_reproducible(tiny_run, tmp_path):
     assert loss_curve(second, "unet") == loss_curve(tiny_run, "unet")
 
 
+@pytest.mark.slow
 def test_tokenizer_stage_is_reproducible(tiny_run, tmp_path):
     again = tmp_path / "again"
     train.main(["--preset", "tiny", "--out", str(again), "--stages", "tokenizer", "--device", "cpu"])
     assert vocabulary(again) == vocabulary(tiny_run)
 
 
+@pytest.mark.slow
 def test_upscaler_decoder_stage_tunes_only_the_decoder(tmp_path):
     """``--stages upscaler,upscaler_decoder``: the second stage samples the U-Net, fine-tunes the 4× decoder and
     leaves the encoder (and so the U-Net's latent space) alone."""

@@ -106,7 +106,8 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
             note = gr.Markdown()
             build_comparison_view(store, comparison_id)
             with gr.Accordion("Final images and per-step numbers", open=False):
-                gallery = gr.Gallery(label="Final image of each variant", format="png", columns=4, height="auto")
+                gallery = gr.Gallery(label="Final image of each variant", format="png", columns=4, height="auto",
+                                     interactive=False)
                 metadata = gr.JSON(label="Metadata")
     preset.change(lambda name: PRESETS.get(name, gr.skip()), preset, variants, api_visibility="private",
                   queue=False)

@@ -48,7 +48,8 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
             gr.Examples(known_examples(vocabulary), inputs=[prompt], label="Prompts the built-in model knows")
             build_vocabulary_list(vocabulary, prompt)
         with gr.Column(scale=1):
-            gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", object_fit="contain")
+            gallery = gr.Gallery(label="Images", format="png", columns=2, height="auto", object_fit="contain",
+                                 interactive=False)  # an output: no upload zone before the first run
             unknown = gr.Markdown(visible=False, elem_id="unknown-words")
             used_seed = gr.Textbox(label="Seed used", interactive=False)
             send_to_inpainting = gr.Button("Send to inpainting", size="sm")

@@ -72,12 +72,13 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
                          for label in ("x_t (sample at t)", "x̂₀ (predicted clean)", "ε̂ (predicted noise)")]
             numbers = gr.Markdown()
             files = gr.File(label="Downloads: GIFs and MP4s of x̂₀ and x_t, contact sheet, raw run "
-                                  "(.safetensors + .json)", file_count="multiple")
+                                  "(.safetensors + .json)", file_count="multiple", interactive=False)
             gr.Markdown(DOWNLOADS_NOTE)
             with gr.Accordion("x̂₀ frames and per-step numbers", open=False):
-                gallery = gr.Gallery(label="x̂₀ per kept step", format="png", columns=8, height="auto")
-                gif = gr.File(label="x̂₀ GIF", visible=False)
-                sheet = gr.File(label="Contact sheet", visible=False)
+                gallery = gr.Gallery(label="x̂₀ per kept step", format="png", columns=8, height="auto",
+                                     interactive=False)
+                gif = gr.File(label="x̂₀ GIF", visible=False, interactive=False)
+                sheet = gr.File(label="Contact sheet", visible=False, interactive=False)
                 metadata = gr.JSON(label="Metadata")
     run_id = gr.State(None)
     inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, seed, decode, every, live_mode, preview_every]
