@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
+from diffdemo.engine.sampling import DEFAULT_GUIDANCE
+
 log = logging.getLogger("diffdemo")
 
 COMPILE_MODES = ("off", "default", "max-autotune")
@@ -322,7 +324,8 @@ def check_step_cache_support(unet) -> None:
 
 # ---- warm-up and previews -------------------------------------------------------------------------------------
 
-def warm_up(models, height: int, width: int, batch: int = 1, guidance_scale: float = 5.0, steps: int = 3) -> float:
+def warm_up(models, height: int, width: int, batch: int = 1, guidance_scale: float = DEFAULT_GUIDANCE,
+            steps: int = 3) -> float:
     """Runs ``steps`` denoise steps plus a VAE decode at one shape so compilation and CUDA-graph capture happen
     now, not in the first request; returns the seconds it took (the warm-up cost). The empty prompt is used."""
     from diffdemo.engine.conditioning import generation_inputs

@@ -28,6 +28,8 @@ SAMPLERS: dict[str, tuple[str, dict]] = {
     "UniPC": ("UniPCMultistepScheduler", {}),
 }
 DEFAULT_SAMPLER = "DDIM"
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 5.0  # classifier-free guidance w; any w > 1 runs the U-Net on a batch of two
 
 
 class Cancelled(Exception):

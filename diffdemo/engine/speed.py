@@ -16,7 +16,7 @@ import torch
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents
 from diffdemo.engine.prompts import encode_prompt
-from diffdemo.engine.sampling import guided
+from diffdemo.engine.sampling import DEFAULT_GUIDANCE, guided
 
 MIN_SCALING = 0.25  # at least this share of a native-size call grows with the picture (timings are noisy)
 
@@ -91,7 +91,7 @@ def measure_speeds(models) -> Speeds:
 
         def step(s):  # as text_to_image calls it (SDXL's size ids, an inpainting U-Net's mask channels)
             inputs = generation_inputs(models, prompt, 1, s * scale, s * scale)
-            return guided(models.unet, prompt.cond, prompt.uncond, 5.0, **inputs)(latents(s), t)
+            return guided(models.unet, prompt.cond, prompt.uncond, DEFAULT_GUIDANCE, **inputs)(latents(s), t)
 
         multiple = 2 ** (len(models.unet.config.block_out_channels) - 1)
         unet = _fit(step, side, multiple)

@@ -22,7 +22,7 @@ from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, ma
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions
 from diffdemo.tasks.compare import Comparison, rms
 from diffdemo.tasks.saved_run import check_saved_run
-from diffdemo.tasks.text_to_image import MAX_GUIDANCE
+from diffdemo.tasks.settings import MAX_GUIDANCE
 from diffdemo.tasks.trajectory import TrajectoryRecorder, TrajectoryRun, epsilon, json_numbers, load_run
 
 SOLVER_STATE = ("Rebuilt by replaying the recorded steps before the branch through the scheduler without a model "

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from diffdemo.engine.sampling import DEFAULT_SAMPLER
 from diffdemo.tasks.common import InvalidRequest, TaskResult, library_versions, resolve_seed
+from diffdemo.tasks.settings import PromptSettings
 from diffdemo.tasks.trajectory import (DECODE_MODES, TrajectoryRequest, TrajectoryRun, check_decode_mode, frame,
                                        json_numbers, trajectory)
 from diffdemo.tasks.trajectory import validate as validate_trajectory
@@ -29,17 +29,12 @@ NUMERIC_KEYS = ("steps", "guidance_scale")
 
 
 @dataclass(frozen=True)
-class CompareRequest:
+class CompareRequest(PromptSettings):
     """Shared settings plus ``variants``: one line per variant (2–4), each ``key=value`` pairs separated by ``;``
     that override the shared ones, e.g. ``"steps=10\\nsteps=20"`` or ``"sampler=Euler a; guidance=7.5"``. Keys:
     prompt, negative_prompt, sampler, steps, guidance. ``seed`` -1 draws one seed, shared by every variant."""
 
-    prompt: str
     variants: str = "steps=10\nsteps=20"
-    negative_prompt: str = ""
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance_scale: float = 5.0
     seed: int = -1
     decode: str = "vae"
 

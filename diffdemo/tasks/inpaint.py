@@ -24,7 +24,8 @@ from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, de
 from diffdemo.tasks.common import (InvalidRequest, TaskResult, a1111_parameters, as_multiple, as_number,
                                    check_choice, check_prompt, library_versions, resolve_seed)
 from diffdemo.tasks.inputs import BLACK, WHITE, check_size, open_image, to_rgb
-from diffdemo.tasks.text_to_image import MAX_GUIDANCE, MAX_SIDE, MAX_STEPS, MIN_SIDE
+from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_GUIDANCE, MAX_STEPS
+from diffdemo.tasks.text_to_image import MAX_SIDE, MIN_SIDE
 
 MAX_PIXELS = 4_000_000
 MAX_MASK_BLUR = 64
@@ -49,8 +50,8 @@ class InpaintRequest:
     prompt: str = ""
     negative_prompt: str = ""
     sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance_scale: float = 5.0
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
     strength: float = 1.0
     seed: int = -1
     mask_blur: int = 4

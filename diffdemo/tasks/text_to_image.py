@@ -10,26 +10,20 @@ from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
 from diffdemo.engine.lora import lora_infotext, split_prompt
 from diffdemo.engine.prompts import encode_prompt
-from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
+from diffdemo.engine.sampling import SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import (TaskResult, a1111_parameters, as_multiple, as_number,
                                    check_choice, check_prompt, library_versions, resolve_seed)
+from diffdemo.tasks.settings import MAX_GUIDANCE, MAX_STEPS, PromptSettings
 
-MAX_STEPS = 150
-MAX_GUIDANCE = 30.0
 MAX_IMAGES = 8
 MAX_SIDE = 2048
 MIN_SIDE = 32
 
 
 @dataclass(frozen=True)
-class TextToImageRequest:
+class TextToImageRequest(PromptSettings):
     """``width``/``height`` None mean the model's native size; ``seed`` -1 means random."""
 
-    prompt: str
-    negative_prompt: str = ""
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance_scale: float = 5.0
     width: int | None = None
     height: int | None = None
     seed: int = -1

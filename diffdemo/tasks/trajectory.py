@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
-from diffdemo.engine.sampling import DEFAULT_SAMPLER, Step, StepCallback, combine_callbacks, make_scheduler
+from diffdemo.engine.sampling import Step, StepCallback, combine_callbacks, make_scheduler
 from diffdemo.engine.threads import single_threaded_beside
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number
-from diffdemo.tasks.text_to_image import MAX_STEPS, TextToImageRequest, text_to_image
+from diffdemo.tasks.settings import MAX_STEPS, PromptSettings
+from diffdemo.tasks.text_to_image import TextToImageRequest, text_to_image
 from diffdemo.tasks.text_to_image import validate as validate_text_to_image
 
 DECODE_MODES = ("vae", "tiny", "fast")  # exact VAE decode, the distilled tiny VAE, the linear map
@@ -34,15 +35,10 @@ _LATENT_RGB: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # vae -> t
 
 
 @dataclass(frozen=True)
-class TrajectoryRequest:
+class TrajectoryRequest(PromptSettings):
     """Text-to-image settings for one image plus ``decode`` ("vae", "tiny" VAE or "fast" linear map) and ``every``
     (keep steps 0, N, 2N, …: ceil(steps/N) frames). ``seed`` -1 means random."""
 
-    prompt: str
-    negative_prompt: str = ""
-    sampler: str = DEFAULT_SAMPLER
-    steps: int = 25
-    guidance_scale: float = 5.0
     seed: int = -1
     decode: str = "vae"
     every: int = 1

@@ -5,12 +5,13 @@ import math
 
 import gradio as gr
 
-from diffdemo.tasks import DEFAULT_SAMPLER
+from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffdemo.tasks.compare import CompareRequest, compare, frames_at, numbers_at
 from diffdemo.tasks.trajectory import preview
 from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
-from diffdemo.ui.trajectory_tab import DECODE_INFO, RunStore, decode_modes, generation_settings
+from diffdemo.ui.settings import live_preview_row, prompt_settings, run_and_stop
+from diffdemo.ui.trajectory_tab import DECODE_INFO, RunStore, decode_modes
 
 MAX_RUNS = 4
 PRESETS = {
@@ -87,7 +88,7 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
     runner.on_switch.append(store.clear)
     with gr.Row():
         with gr.Column(scale=1):
-            prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
+            prompt, negative_prompt, sampler, steps, guidance_scale = prompt_settings()
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random, shared by all)")
                 decode = gr.Radio(decode_modes(runner.models), value="vae", label="Decode", info=DECODE_INFO)
@@ -95,14 +96,10 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
             variants = gr.Textbox(label="Variants, one per line", lines=4, value=PRESETS["10 vs 20 steps"],
                                   info="key=value pairs separated by ';' that override the settings above; keys: "
                                        "prompt, negative_prompt, sampler, steps, guidance")
-            with gr.Row():
-                run_button = gr.Button("Compare", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            run_button, stop = run_and_stop("Compare")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
-            with gr.Row():
-                live = gr.Image(label="Live x̂₀ (preview)", type="pil", interactive=False)
-                status = gr.Textbox(label="Progress", interactive=False)
+            live, status = live_preview_row()
             note = gr.Markdown()
             build_comparison_view(store, comparison_id)
             with gr.Accordion("Final images and per-step numbers", open=False):
@@ -121,7 +118,8 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
 
 def _compare_handler(runner: Runner, store: RunStore):
     def compare_event(prompt: str, variants: str = PRESETS["10 vs 20 steps"], negative_prompt: str = "",
-                      sampler: str = DEFAULT_SAMPLER, steps: int = 25, guidance_scale: float = 5.0, seed: int = -1,
+                      sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
+                      guidance_scale: float = DEFAULT_GUIDANCE, seed: int = -1,
                       decode: str = "vae", request: gr.Request = None):
         task_request = CompareRequest(prompt=prompt, variants=variants, negative_prompt=negative_prompt,
                                       sampler=sampler, steps=steps, guidance_scale=guidance_scale, seed=seed,

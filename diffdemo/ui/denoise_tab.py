@@ -7,6 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, noise_sweep
+from diffdemo.tasks.denoise import MAX_SIGMA, MAX_STEPS
 from diffdemo.ui.runner import Runner, uploaded_path
 from diffdemo.world.examples import example_images
 
@@ -25,12 +26,13 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
         with gr.Column(scale=1):
             image = gr.Image(label="Image", type="pil", image_mode=None, format="png",
                              sources=("upload", "clipboard"))
-            sigma = gr.Slider(0, 150, value=50, step=1, label="Noise σ (0–255 pixel units)",
+            sigma = gr.Slider(0, int(MAX_SIGMA), value=int(DenoiseRequest.sigma), step=1,
+                              label="Noise σ (0–255 pixel units)",
                               info="0 = my image is already noisy: estimate σ from it")
             with gr.Row():
                 sampler = gr.Radio(list(DENOISE_SAMPLERS), value="DDIM", label="Reverse process",
                                    info="DDIM is deterministic; DDPM adds fresh noise at every step")
-                steps = gr.Slider(1, 100, value=20, step=1, label="Steps from t to 0")
+                steps = gr.Slider(1, MAX_STEPS, value=DenoiseRequest.steps, step=1, label="Steps from t to 0")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
                 run_button = gr.Button("Denoise", variant="primary")

@@ -14,9 +14,11 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, InpaintRequest, InvalidRequest, inpaint
+from diffdemo.tasks import InpaintRequest, InvalidRequest, inpaint
 from diffdemo.tasks.inpaint import MAX_PIXELS, MAX_SIDE
+from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.ui.settings import guidance_slider, sampler_dropdown, steps_slider
 from diffdemo.ui.uploads import uploaded_image
 from diffdemo.world.scene import COLOURS
 
@@ -71,10 +73,9 @@ def _settings_panel() -> dict:
     s = {"prompt": gr.Textbox(label="Prompt for the masked area", lines=2, value=EXAMPLE_PROMPTS[0]),
          "negative_prompt": gr.Textbox(label="Negative prompt", value="")}
     with gr.Row():
-        s["sampler"] = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-        s["steps"] = gr.Slider(1, 150, value=25, step=1, label="Steps")
+        s["sampler"], s["steps"] = sampler_dropdown(), steps_slider()
     with gr.Row():
-        s["guidance_scale"] = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
+        s["guidance_scale"] = guidance_slider()
         s["strength"] = gr.Slider(0, 1, value=1.0, step=0.05, label="Strength",
                                   info="1 repaints from pure noise; lower keeps more of what is under the mask")
     s["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 for a random one)")
@@ -98,10 +99,10 @@ def _settings_panel() -> dict:
 
 def _inpaint_handler(runner: Runner):
     def run(image, mask, prompt: str = "", negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
-            steps: int = 25, guidance_scale: float = 5.0, strength: float = 1.0, seed: int = -1, mask_blur: int = 4,
-            invert_mask: bool = False, only_masked: bool = False, padding: int = 32, outpaint_left: int = 0,
-            outpaint_right: int = 0, outpaint_top: int = 0, outpaint_bottom: int = 0, outpaint_fill: str = "edge",
-            request: gr.Request = None, progress=gr.Progress()):
+            steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, strength: float = 1.0,
+            seed: int = -1, mask_blur: int = 4, invert_mask: bool = False, only_masked: bool = False,
+            padding: int = 32, outpaint_left: int = 0, outpaint_right: int = 0, outpaint_top: int = 0,
+            outpaint_bottom: int = 0, outpaint_fill: str = "edge", request: gr.Request = None, progress=gr.Progress()):
         task_request = InpaintRequest(
             image=uploaded_path(image), mask=uploaded_path(mask), prompt=prompt, negative_prompt=negative_prompt,
             sampler=sampler, steps=steps, guidance_scale=guidance_scale, strength=strength, seed=seed,

@@ -10,6 +10,7 @@ import pandas as pd
 
 from diffdemo.tasks import DATASETS, PLAYGROUND_SAMPLERS, PlaygroundCache, PlaygroundRequest, playground
 from diffdemo.tasks.playground import DEFAULT_DATASET, frame_image
+from diffdemo.tasks.playground.run import MAX_ITERATIONS, MAX_POINTS, MAX_STEPS
 from diffdemo.ui.runner import Runner
 
 EXPLANATION = """A tiny network (an MLP that predicts the noise ε in x_t) learns a cloud of 2-D points, the original
@@ -34,11 +35,12 @@ def build_playground_tab(runner: Runner, gpu_group: str) -> dict:
             dataset = gr.Dropdown(list(DATASETS), value=DEFAULT_DATASET, label="Data set")
             with gr.Row():
                 sampler = gr.Radio(list(PLAYGROUND_SAMPLERS), value="DDPM", label="Sampler")
-                steps = gr.Slider(5, 250, value=50, step=1, label="Reverse steps")
-            points = gr.Slider(100, 3000, value=1000, step=100, label="Points sampled")
+                steps = gr.Slider(5, MAX_STEPS, value=PlaygroundRequest.steps, step=1, label="Reverse steps")
+            points = gr.Slider(100, MAX_POINTS, value=PlaygroundRequest.points, step=100, label="Points sampled")
             with gr.Row():
                 seed = gr.Number(value=0, precision=0, label="Seed (-1 = random)")
-                iterations = gr.Slider(200, 10_000, value=2000, step=100, label="Training iterations")
+                iterations = gr.Slider(200, MAX_ITERATIONS, value=PlaygroundRequest.iterations, step=100,
+                                       label="Training iterations")
             run_button = gr.Button("Train and sample", variant="primary")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from diffdemo.tasks import SuperResolutionRequest, super_resolve
-from diffdemo.tasks.super_resolution import MAX_SAMPLES
+from diffdemo.tasks.super_resolution import MAX_SAMPLES, MAX_STEPS
 from diffdemo.ui.runner import Runner, uploaded_path
 
 EXPLANATION = """The **diffusion** result comes from the model set's dedicated ×4 upscaler (×2 = ×4 then Lanczos ÷2),
@@ -30,7 +30,7 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
                              sources=("upload", "clipboard"))
             scale = gr.Radio([2, 4], value=4, label="Factor (×)")
             with gr.Row():
-                steps = gr.Slider(1, 100, value=SuperResolutionRequest.steps, step=1, label="Steps")
+                steps = gr.Slider(1, MAX_STEPS, value=SuperResolutionRequest.steps, step=1, label="Steps")
                 noise_level = gr.Slider(0, 350, value=SuperResolutionRequest.noise_level, step=1,
                                         label="Noise level (upscaler)")
             with gr.Row():

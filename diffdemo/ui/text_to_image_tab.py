@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import gradio as gr
 
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, TextToImageRequest, text_to_image
+from diffdemo.tasks import TextToImageRequest, text_to_image
+from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffdemo.ui.runner import Runner
+from diffdemo.ui.settings import guidance_slider, run_and_stop, sampler_dropdown, steps_slider
 
 EXAMPLES = [
     "a large red star on a blue background",
@@ -32,19 +34,16 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
             negative_prompt = gr.Textbox(label="Negative prompt", value="",
                                          placeholder="what to steer away from, e.g. 'red'")
             with gr.Row():
-                sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-                steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
-            guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)",
-                                       info="How strongly to follow the prompt: output = uncond + w·(cond − uncond)")
+                sampler, steps = sampler_dropdown(), steps_slider()
+            guidance_scale = guidance_slider(
+                info="How strongly to follow the prompt: output = uncond + w·(cond − uncond)")
             with gr.Row():
                 width = gr.Slider(64, 1024, value=native, step=8, label="Width")
                 height = gr.Slider(64, 1024, value=native, step=8, label="Height")
             with gr.Row():
                 seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                 num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
-            with gr.Row():
-                generate = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            generate, stop = run_and_stop("Generate")
             gr.Examples(known_examples(vocabulary), inputs=[prompt], label="Prompts the built-in model knows")
             build_vocabulary_list(vocabulary, prompt)
         with gr.Column(scale=1):
@@ -75,9 +74,10 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
 def _text_to_image_handler(runner: Runner):
     native = runner.models.native_size
 
-    def text_to_image_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
-                            guidance_scale: float = 5.0, width: int = native, height: int = native, seed: int = -1,
-                            num_images: int = 1, request: gr.Request = None, progress=gr.Progress()):
+    def text_to_image_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
+                            steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE,
+                            width: int = native, height: int = native, seed: int = -1, num_images: int = 1,
+                            request: gr.Request = None, progress=gr.Progress()):
         task_request = TextToImageRequest(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler,
                                           steps=steps, guidance_scale=guidance_scale, width=width, height=height,
                                           seed=seed, num_images=num_images)

@@ -6,11 +6,12 @@ import uuid
 import gradio as gr
 
 from diffdemo.engine.threads import model_thread
-from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS
+from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffdemo.tasks.trajectory import DECODE_MODES, TrajectoryRequest, describe_step, frame, preview, trajectory
 from diffdemo.tasks.trajectory_export import export_run
 from diffdemo.ui.live import stream_task
 from diffdemo.ui.runner import Runner
+from diffdemo.ui.settings import live_preview_row, prompt_settings, run_and_stop
 from diffdemo.ui.stores import RunStore
 
 PREVIEW_MODES = ("fast", "tiny", "vae", "off")
@@ -28,17 +29,6 @@ EXPLANATION = """- **x_t** is the noisy sample the model sees at step t: mostly 
 - **Guidance** w pushes each step towards the prompt: output = uncond + w·(cond − uncond)."""
 
 
-def generation_settings():
-    """Prompt, negative prompt, sampler, steps and guidance inputs, as the recorded-run tabs lay them out."""
-    prompt = gr.Textbox(label="Prompt", lines=2, value="a large red star on a blue background")
-    negative_prompt = gr.Textbox(label="Negative prompt", value="")
-    with gr.Row():
-        sampler = gr.Dropdown(list(SAMPLERS), value=DEFAULT_SAMPLER, label="Sampler")
-        steps = gr.Slider(1, 150, value=25, step=1, label="Steps")
-    guidance_scale = gr.Slider(0, 20, value=5.0, step=0.5, label="Guidance scale (CFG)")
-    return prompt, negative_prompt, sampler, steps, guidance_scale
-
-
 def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
     """Builds the tab (``/trajectory`` API); returns its run-id state, step slider and run store (the branch
     section continues the run shown)."""
@@ -46,7 +36,7 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
     runner.on_switch.append(store.clear)
     with gr.Row():
         with gr.Column(scale=1):
-            prompt, negative_prompt, sampler, steps, guidance_scale = generation_settings()
+            prompt, negative_prompt, sampler, steps, guidance_scale = prompt_settings()
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
             with gr.Row():
                 decode = gr.Radio(decode_modes(runner.models), value="vae", label="Decode", info=DECODE_INFO)
@@ -58,14 +48,10 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
                                      info="fast: the linear map, about free; tiny: the tiny VAE, a few ms; "
                                           "vae: exact, one full decode per preview")
                 preview_every = gr.Slider(1, 25, value=1, step=1, label="Preview every N-th step")
-            with gr.Row():
-                run_button = gr.Button("Run", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            run_button, stop = run_and_stop("Run")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
-            with gr.Row():
-                live = gr.Image(label="Live x̂₀ (preview)", type="pil", interactive=False)
-                status = gr.Textbox(label="Progress", interactive=False)
+            live, status = live_preview_row()
             slider = gr.Slider(0, 1, value=0, step=1, label="Step (kept steps)", visible=False)
             with gr.Row():
                 views = [gr.Image(label=label, type="pil", format="png", interactive=False)
@@ -98,9 +84,10 @@ def decode_modes(models) -> list[str]:
 
 
 def _trajectory_handler(runner: Runner, store: RunStore):
-    def trajectory_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER, steps: int = 25,
-                         guidance_scale: float = 5.0, seed: int = -1, decode: str = "vae", every: int = 1,
-                         live_preview: str = "fast", preview_every: int = 1, request: gr.Request = None):
+    def trajectory_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
+                         steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, seed: int = -1,
+                         decode: str = "vae", every: int = 1, live_preview: str = "fast", preview_every: int = 1,
+                         request: gr.Request = None):
         task_request = TrajectoryRequest(prompt=prompt, negative_prompt=negative_prompt, sampler=sampler,
                                          steps=steps, guidance_scale=guidance_scale, seed=seed, decode=decode,
                                          every=every)

@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from diffdemo.engine import DEFAULT_SAMPLER, SAMPLERS, load_models
+from diffdemo.engine.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from diffdemo.world.checker import ATTRIBUTES, judge, score, strict_reading
 from diffdemo.world.emoji.evaluate import evaluate_emoji, knows_emoji
 from diffdemo.world.render import render_scenes, to_pil
 from diffdemo.world.scene import sample_scene
 
-DEFAULT_STEPS = 25
-DEFAULT_GUIDANCE = 5.0
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
