@@ -40,12 +40,12 @@ def variants(models, steps: int, quick: bool = False) -> dict:
 
     def scrub_all(request):
         def run_and_decode():
-            run = trajectory(models, request).extras["run"]
+            run = trajectory(models, request).run
             return [frame(run, i, "x0") for i in range(len(run))]
         return run_and_decode
 
     def with_downloads():
-        run = trajectory(models, recorded).extras["run"]
+        run = trajectory(models, recorded).run
         with tempfile.TemporaryDirectory() as folder:
             return export_run(run, folder)
 

@@ -147,7 +147,7 @@ def validate_items(items: list[BatchItem], models, source: str) -> list[BatchIte
     checked = []
     for item in items:
         try:
-            checked.append(replace(item, request=validate(item.request, models)))
+            checked.append(replace(item, request=validate(models, item.request)))
         except InvalidRequest as error:
             raise BatchInputError(f"{source} line {item.line}: {error}") from None
     return checked

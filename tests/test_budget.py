@@ -62,7 +62,7 @@ def test_every_task_has_a_price(tiny_models, embedded_models, tmp_path):
     once = seconds(models, DenoiseRequest(image=large, steps=10))
     assert seconds(models, NoiseSweepRequest(image=large, steps=10)) == pytest.approx(5 * once)  # five σ
     assert seconds(models, PlaygroundRequest(iterations=10_000)) > 4 * seconds(models, PlaygroundRequest())
-    run = trajectory(models, TrajectoryRequest(prompt=PROMPT, steps=10, seed=1, decode="fast")).extras["run"]
+    run = trajectory(models, TrajectoryRequest(prompt=PROMPT, steps=10, seed=1, decode="fast")).run
     assert seconds(models, BranchRequest(step=8), run=run) < seconds(models, BranchRequest(step=2), run=run)
     with pytest.raises(InvalidRequest, match="No image"):  # bad input: the task's own message
         seconds(models, DenoiseRequest(image=None))
@@ -112,7 +112,7 @@ def test_a_job_stops_at_the_end_of_the_step_past_its_time_limit():
 
 @pytest.fixture(scope="module")
 def saved(tiny_models, tmp_path_factory):
-    run = trajectory(tiny_models, TrajectoryRequest(prompt=PROMPT, steps=3, seed=2, decode="fast")).extras["run"]
+    run = trajectory(tiny_models, TrajectoryRequest(prompt=PROMPT, steps=3, seed=2, decode="fast")).run
     path, _ = save_run(run, tmp_path_factory.mktemp("runs") / "trajectory-run.safetensors")
     return path
 

@@ -27,7 +27,7 @@ def ten_and_twenty(embedded_models):
 
 def test_variants_share_the_initial_noise(tiny_models):
     result = compare_of(tiny_models, "steps=2\nsteps=4; guidance=7.5\nsampler=Euler a")
-    comparison = result.extras["comparison"]
+    comparison = result.comparison
     assert comparison.labels == ["steps=2", "steps=4 · guidance=7.5", "sampler=Euler a"]
     assert [len(run) for run in comparison.runs] == [2, 4, 3] and len(result.images) == 3
     assert [v["guidance_scale"] for v in result.metadata["variants"]] == [5.0, 7.5, 5.0]
@@ -42,7 +42,7 @@ def test_variants_share_the_initial_noise(tiny_models):
 
 
 def test_a_random_seed_is_drawn_once_for_all(tiny_models):
-    comparison = compare_of(tiny_models, "guidance=1\nguidance=9", seed=-1, steps=1).extras["comparison"]
+    comparison = compare_of(tiny_models, "guidance=1\nguidance=9", seed=-1, steps=1).comparison
     assert comparison.runs[0].metadata["seed"] == comparison.runs[1].metadata["seed"]
     assert torch.equal(comparison.runs[0].x_t[0], comparison.runs[1].x_t[0])
 
@@ -50,13 +50,13 @@ def test_a_random_seed_is_drawn_once_for_all(tiny_models):
 @pytest.mark.parametrize("percent, expected", [(0, (0, 0)), (1, (0, 0)), (50, (4, 9)), (55, (5, 10)),
                                                (100, (9, 19))])
 def test_runs_step_together_by_fraction(ten_and_twenty, percent, expected):
-    short, long = ten_and_twenty.extras["comparison"].runs
+    short, long = ten_and_twenty.comparison.runs
     assert (aligned_index(short, percent), aligned_index(long, percent)) == expected
 
 
 def test_ten_steps_are_not_the_first_half_of_twenty(ten_and_twenty):
     """Step 10 of the 10-step run is its last (t near 0); step 10 of the 20-step run is half-way down the schedule."""
-    short, long = ten_and_twenty.extras["comparison"].runs
+    short, long = ten_and_twenty.comparison.runs
     note = ten_and_twenty.metadata["step_count_note"]
     assert (note["short"], note["long"], note["step"]) == ("steps=10", "steps=20", 10)
     assert note["short_t"] == short.numbers[9]["t"] < 150 and note["long_t"] == long.numbers[9]["t"] > 400
@@ -66,12 +66,12 @@ def test_ten_steps_are_not_the_first_half_of_twenty(ten_and_twenty):
     assert np.abs(finished - halfway).mean() > 5  # a different picture, not the same one reached earlier
     assert "not the first 10 steps of a 20-step run" in note["text"]
     # at the same fraction (50 %) the two runs are at nearby t, unlike at the same step number
-    rows = numbers_at(ten_and_twenty.extras["comparison"], 50)
+    rows = numbers_at(ten_and_twenty.comparison, 50)
     assert abs(rows[0]["t"] - rows[1]["t"]) < abs(note["short_t"] - note["long_t"]) / 4
 
 
 def test_numbers_and_frames_at_a_position(ten_and_twenty):
-    comparison = ten_and_twenty.extras["comparison"]
+    comparison = ten_and_twenty.comparison
     rows = numbers_at(comparison, 100)
     assert [r["step"] for r in rows] == [9, 19] and all(r["to_final"] < 0.1 for r in rows)
     assert numbers_at(comparison, 0)[0]["to_final"] > rows[0]["to_final"]
@@ -104,18 +104,18 @@ def test_parse_variants_aliases():
 
 
 def test_compare_handler_streams_then_shows(tiny_models, tmp_path):
-    from diffdemo.ui.compare_tab import _compare_handler, _draw, numbers_table
+    from diffdemo.ui.compare_tab import compare_handler, draw_comparison, numbers_table
     from diffdemo.ui.runner import Runner
     from diffdemo.ui.trajectory_tab import RunStore
 
     store = RunStore()
-    handler = _compare_handler(Runner(tiny_models, tmp_path), store)
+    handler = compare_handler(Runner(tiny_models, tmp_path), store)
     updates = list(handler(PROMPT, variants="steps=1\nsteps=2", seed=5, decode="fast"))
     assert [u[4] for u in updates[:-1]] == ["run 1 · step 1/1", "run 2 · step 1/2", "run 2 · step 2/2"]
     gallery, metadata, note, image, status, comparison_id = updates[-1]
     assert [caption for _, caption in gallery] == ["steps=1", "steps=2"] and status == "done: 2 runs"
     assert "not the first 1 steps" in note and isinstance(store.get(comparison_id), Comparison)
-    *shown, table = _draw(store, 4)(comparison_id, 50)  # 4 titles, then (x̂₀, x_t) of each of 4 columns
+    *shown, table = draw_comparison(store, 4)(comparison_id, 50)  # 4 titles, then (x̂₀, x_t) of each of 4 columns
     assert shown[0].startswith("**steps=1** · step 1/1") and shown[1].startswith("**steps=2** · step 1/2")
     assert shown[4].size == (64, 64) and shown[8] is None  # x̂₀ of run 1; run 3's column is empty
     assert table.count("\n") == 3 and table == numbers_table(numbers_at(store.get(comparison_id), 50))

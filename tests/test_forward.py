@@ -130,10 +130,10 @@ def test_plot_frames_mark_the_chosen_t(tiny_models):
 def test_moving_t_renoises_only_x_t(tiny_models, picture, tmp_path):
     import gradio as gr
 
-    from diffdemo.ui.forward_tab import _refresh_handler
+    from diffdemo.ui.forward_tab import refresh_handler
     from diffdemo.ui.runner import Runner
 
-    refresh = _refresh_handler(Runner(tiny_models, tmp_path))
+    refresh = refresh_handler(Runner(tiny_models, tmp_path))
     assert refresh(None, 300, 0, "DDIM") == (gr.skip(),) * 6, "no image: nothing to run"
     *views, row, metadata = refresh(picture, 300, 0, "DDIM")
     assert len(views) == 4 and all(Image.open(path).size == (64, 40) for path in views)

@@ -113,7 +113,7 @@ def stop(step):
 def test_heatmap_and_png_metadata(tiny_models, tmp_path):
     image, mask = noise_image(64, 64), random_mask(64, 64, 2)
     result = run(tiny_models, image, mask, strength=0.8, mask_blur=2)
-    heat, out = rgb(result.extras["changed"]), rgb(result.images[0])
+    heat, out = rgb(result.changed), rgb(result.images[0])
     changed = np.any(out != rgb(image), axis=-1)
     assert heat.shape == out.shape
     assert not heat[~changed].any() and heat[changed].max(axis=-1).min() > 0  # black exactly where unchanged

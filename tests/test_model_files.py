@@ -145,7 +145,7 @@ def run_every_tab(models) -> dict:
                "forward": forward(models, ForwardRequest(image=image, t=500, seed=1))}
     run = trajectory(models, TrajectoryRequest(prompt=PROMPT, steps=2, seed=1))
     results["trajectory"] = run
-    results["branch"] = branch(models, run.extras["run"], BranchRequest(step=1, prompt="a blue star"))
+    results["branch"] = branch(models, run.run, BranchRequest(step=1, prompt="a blue star"))
     return results
 
 

@@ -58,7 +58,7 @@ def test_ddim_reuses_the_model_and_also_reaches_the_data(swiss_roll, cache):
 
 
 def test_forward_diffusion_ends_in_a_standard_normal(swiss_roll):
-    run = swiss_roll.extras["run"]
+    run = swiss_roll.run
     assert run.timesteps[0] == 999 and run.alpha_bars[0] < 1e-4
     x_T = torch.from_numpy(run.forward[0])
     assert x_T.mean(0).abs().max() < 0.1 and ((x_T.std(0) - 1).abs() < 0.1).all()
@@ -70,7 +70,7 @@ def test_forward_diffusion_ends_in_a_standard_normal(swiss_roll):
 def test_frames_record_every_step_and_the_callback_sees_each(cache):
     seen = []
     result = playground(None, PlaygroundRequest(dataset="8 gaussians", **QUICK), seen.append, cache=cache)
-    run = result.extras["run"]
+    run = result.run
     assert len(seen) == 5 and [s.index for s in seen] == list(range(5))
     assert len(run) == 6 and run.reverse.shape == (6, 200, 2) and run.forward.shape == (6, 200, 2)
     assert run.score.shape == (6, 21, 21, 2) and np.isfinite(run.score).all()
@@ -78,7 +78,7 @@ def test_frames_record_every_step_and_the_callback_sees_each(cache):
 
 
 def test_seeds_reproduce_and_differ():
-    first, second, other = (playground(None, PlaygroundRequest(seed=s, **QUICK)).extras["run"] for s in (3, 3, 4))
+    first, second, other = (playground(None, PlaygroundRequest(seed=s, **QUICK)).run for s in (3, 3, 4))
     for name in ("reverse", "forward", "score"):
         np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
     assert not np.array_equal(first.reverse, other.reverse)
@@ -86,11 +86,11 @@ def test_seeds_reproduce_and_differ():
 
 def test_random_seed_is_reported():
     result = playground(None, PlaygroundRequest(seed=-1, **QUICK))
-    assert 0 <= result.metadata["seed"] < 2**32 and result.extras["run"].request.seed == result.metadata["seed"]
+    assert 0 <= result.metadata["seed"] < 2**32 and result.run.request.seed == result.metadata["seed"]
 
 
 def test_drawings_have_the_expected_size_and_change_with_the_frame(swiss_roll):
-    run = swiss_roll.extras["run"]
+    run = swiss_roll.run
     first, middle, last = (frame_image(run, i) for i in (0, 25, 50))
     assert first.size == frame_size() == (3 * 256 + 4 * 8, 256 + 56)
     assert frame_image(run, 10, panel=128).size == frame_size(128)
@@ -109,9 +109,9 @@ def test_cache_is_bounded_and_reuses_models():
     cache = PlaygroundCache(models=Bounded(1), runs=Bounded(1))
     first = playground(None, PlaygroundRequest(**QUICK), cache=cache)
     again = playground(None, PlaygroundRequest(**QUICK), cache=cache)
-    assert again.extras["run"] is first.extras["run"]
+    assert again.run is first.run
     more = playground(None, PlaygroundRequest(**{**QUICK, "points": 100}), cache=cache)
-    assert more.metadata["reused_model"] is True and more.extras["run"].reverse.shape[1] == 100
+    assert more.metadata["reused_model"] is True and more.run.reverse.shape[1] == 100
 
 
 def test_mean_distance():
@@ -132,11 +132,11 @@ def test_invalid_requests():
 
 def test_handler_then_scrubbing_renders_frames_without_sampling(tiny_models, tmp_path, monkeypatch):
     from diffdemo.tasks.playground import run as playground_run
-    from diffdemo.ui.playground_tab import _playground_handler, _scrub_handler, show_run
+    from diffdemo.ui.playground_tab import playground_handler, scrub_handler, show_run
     from diffdemo.ui.runner import Runner
 
     cache = PlaygroundCache()
-    handler = _playground_handler(Runner(tiny_models, tmp_path), cache)
+    handler = playground_handler(Runner(tiny_models, tmp_path), cache)
     frame, overview, loss, metadata, state = handler("checkerboard", "DDIM", 4, 100, 1, 20)
     assert len(loss) == 20 and state["seed"] == 1 and state["steps"] == 4
     slider, summary = show_run(metadata)
@@ -146,7 +146,7 @@ def test_handler_then_scrubbing_renders_frames_without_sampling(tiny_models, tmp
         raise AssertionError("scrubbing must not sample again")
 
     monkeypatch.setattr(playground_run, "record_run", no_sampling)
-    scrub = _scrub_handler(cache)
+    scrub = scrub_handler(cache)
     assert scrub(state, 2).size == frame_size()
     assert not np.array_equal(np.asarray(scrub(state, 0)), np.asarray(scrub(state, 4)))
 

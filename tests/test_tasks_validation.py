@@ -77,7 +77,7 @@ def test_unknown_sampler_lists_the_valid_ones(tiny_models):
 
 def test_prompt_limit_message_gives_the_numbers(tiny_models):
     with pytest.raises(InvalidRequest, match="5000") as error:
-        validate(replace(VALID, prompt="x" * 5000), tiny_models)
+        validate(tiny_models, replace(VALID, prompt="x" * 5000))
     assert "2000" in str(error.value)
 
 
@@ -97,13 +97,13 @@ def test_the_valid_base_request_runs(tiny_models):
     ("num_images", 2.0, 2),
 ])
 def test_numbers_and_text_are_normalised(tiny_models, field, value, expected):
-    request = validate(replace(VALID, **{field: value}), tiny_models)
+    request = validate(tiny_models, replace(VALID, **{field: value}))
     assert getattr(request, field) == expected
     assert type(getattr(request, field)) is type(expected)
 
 
 def test_random_seed_is_drawn_in_range(tiny_models):
-    seeds = {validate(replace(VALID, seed=-1), tiny_models).seed for _ in range(5)}
+    seeds = {validate(tiny_models, replace(VALID, seed=-1)).seed for _ in range(5)}
     assert all(0 <= s <= 2**32 - 1 for s in seeds)
     assert len(seeds) > 1
-    assert validate(replace(VALID, seed=None), tiny_models).seed >= 0
+    assert validate(tiny_models, replace(VALID, seed=None)).seed >= 0

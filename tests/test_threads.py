@@ -135,7 +135,7 @@ def test_the_app_runs_torch_with_more_than_one_cpu_thread_only_on_the_model_thre
     from diffdemo.ui.app import build_demo, configure_queue
 
     worker = model_thread()
-    run = worker.run(trajectory, tiny_models, TrajectoryRequest(prompt="a red circle", steps=2, seed=1)).extras["run"]
+    run = worker.run(trajectory, tiny_models, TrajectoryRequest(prompt="a red circle", steps=2, seed=1)).run
     offenders = set()
 
     def watch(frame_, event, function):

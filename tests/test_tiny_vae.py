@@ -43,7 +43,7 @@ def test_tiny_decode_mode_draws_every_frame(with_tiny):
     seen = []
     result = trajectory(with_tiny, TrajectoryRequest(prompt=PROMPT, steps=5, seed=3, decode="tiny"),
                         lambda step: seen.append(preview(with_tiny, step, "tiny")))
-    run = result.extras["run"]
+    run = result.run
     assert result.metadata["decode"] == "tiny" and len(result.images) == len(run) == 5
     assert {image.size for image in result.images} == {(64, 64)} and len(seen) == 5
     assert {frame(run, i, "x_t").size for i in range(5)} == {(64, 64)}
@@ -87,7 +87,7 @@ def test_embedded_tiny_vae_follows_the_vae(embedded_models):
     """The shipped tiny VAE was distilled from the VAE: on a finished image's latents it agrees closely."""
     assert embedded_models.tiny_vae is not None
     result = trajectory(embedded_models, TrajectoryRequest(prompt=PROMPT, steps=25, seed=5, decode="tiny"))
-    run = result.extras["run"]
+    run = result.run
     tiny = np.asarray(result.images[-1], dtype=np.float64)
     exact = np.asarray(run.image, dtype=np.float64)
     psnr = 10 * math.log10(255 ** 2 / np.mean((tiny - exact) ** 2))

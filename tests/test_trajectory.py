@@ -32,7 +32,7 @@ def embedded_run(embedded_models):
 @pytest.mark.parametrize("steps, every", [(4, 1), (7, 3), (8, 3)])
 def test_kept_frames(tiny_models, steps, every):
     result = run_of(tiny_models, steps=steps, every=every, decode="fast")
-    run = result.extras["run"]
+    run = result.run
     assert len(result.images) == len(run) == math.ceil(steps / every)
     assert [n["step"] for n in run.numbers] == list(range(0, steps, every))
     assert str(run.x_t.dtype) == str(run.x0.dtype) == "torch.float16" and run.x_t.device.type == "cpu"
@@ -47,14 +47,14 @@ def test_callback_is_chained(tiny_models):
 
 
 def test_last_x0_is_the_final_image(embedded_run):
-    run = embedded_run.extras["run"]
+    run = embedded_run.run
     assert (run.x0[-1:].float() - run.final).abs().max() < 0.1
     assert psnr(as_array(embedded_run.images[-1]), as_array(run.image)) > 35
 
 
 def test_epsilon_is_consistent_with_ddim_update(embedded_run):
     """DDIM (η = 0): x_{next} = √ᾱ_next·x̂_0 + √(1−ᾱ_next)·ε̂, with ε̂ derived from the kept x_t and x̂_0."""
-    run = embedded_run.extras["run"]
+    run = embedded_run.run
     for i in (0, 5, 12):
         a = run.numbers[i]
         eps = epsilon(run.x_t[i:i + 1], run.x0[i:i + 1], a["alpha_bar"], euler_type=False)
@@ -64,7 +64,7 @@ def test_epsilon_is_consistent_with_ddim_update(embedded_run):
 
 
 def test_euler_epsilon_is_finite(tiny_models):
-    run = run_of(tiny_models, sampler="Euler", decode="fast").extras["run"]
+    run = run_of(tiny_models, sampler="Euler", decode="fast").run
     assert run.metadata["euler_type"]
     for i in range(len(run)):
         eps = epsilon(run.x_t[i:i + 1], run.x0[i:i + 1], run.numbers[i]["alpha_bar"], euler_type=True)
@@ -74,7 +74,7 @@ def test_euler_epsilon_is_finite(tiny_models):
 
 @pytest.mark.slow
 def test_scrubbing_calls_no_unet(embedded_models, embedded_run, monkeypatch):
-    run = embedded_run.extras["run"]
+    run = embedded_run.run
     calls = []
     forward = embedded_models.unet.forward
     monkeypatch.setattr(embedded_models.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
@@ -94,7 +94,7 @@ def test_fast_decode_matches_vae_colours(embedded_models, embedded_run):
 
 
 def test_exports_and_reload(tiny_models, tmp_path):
-    run = run_of(tiny_models, steps=5, every=2).extras["run"]
+    run = run_of(tiny_models, steps=5, every=2).run
     gif = export_gif(run, tmp_path / "x0.gif")
     with Image.open(gif) as image:
         assert image.n_frames == len(run) == 3
@@ -115,7 +115,7 @@ def test_invalid_requests(tiny_models):
         run_of(tiny_models, decode="png")
     with pytest.raises(InvalidRequest, match="every"):
         run_of(tiny_models, every=0)
-    run = run_of(tiny_models, steps=2, decode="fast").extras["run"]
+    run = run_of(tiny_models, steps=2, decode="fast").run
     with pytest.raises(InvalidRequest, match="index"):
         frame(run, 2)
 
@@ -142,16 +142,16 @@ def test_live_app_prompt_only(live_app):
 
 def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
     from diffdemo.ui.runner import Runner
-    from diffdemo.ui.trajectory_tab import RunStore, _scrub_handler, _trajectory_handler
+    from diffdemo.ui.trajectory_tab import RunStore, scrub_handler, trajectory_handler
 
     runner, store = Runner(tiny_models, tmp_path), RunStore(per_session=2)
-    handler = _trajectory_handler(runner, store)
+    handler = trajectory_handler(runner, store)
     updates = list(handler(PROMPT, steps=4, every=2, seed=3, decode="fast", preview_every=3))
     assert [u[6] for u in updates[:-2]] == ["step 1/4", "step 4/4"]
     assert updates[-2][6].startswith("done") and updates[-2][7] == updates[-1][7]  # scrubbable before downloads
     gallery, gif, sheet, metadata, files, image, status, run_id = updates[-1]
     assert len(gallery) == 2 and status == "done: 2 frames" and len(files) == 7
-    *views, line = _scrub_handler(store)(run_id, 1)
+    *views, line = scrub_handler(store)(run_id, 1)
     assert all(v.size == (64, 64) for v in views) and "step 3/4" in line
     for _ in range(2):  # older runs are dropped: at most `per_session` are held for one session
         list(handler(PROMPT, steps=1, seed=3, decode="fast"))
@@ -160,12 +160,12 @@ def test_handler_streams_previews_then_the_run(tiny_models, tmp_path):
 
 def test_closing_the_handler_stops_the_run(tiny_models, tmp_path, monkeypatch):
     from diffdemo.ui.runner import Runner
-    from diffdemo.ui.trajectory_tab import RunStore, _trajectory_handler
+    from diffdemo.ui.trajectory_tab import RunStore, trajectory_handler
 
     calls, forward = [], tiny_models.unet.forward
     monkeypatch.setattr(tiny_models.unet, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
     runner = Runner(tiny_models, tmp_path)
-    updates = _trajectory_handler(runner, RunStore())(PROMPT, steps=150, seed=3, decode="fast")
+    updates = trajectory_handler(runner, RunStore())(PROMPT, steps=150, seed=3, decode="fast")
     assert next(updates)[6] == "step 1/150"
     updates.close()  # what gradio does on Stop or a closed page: GeneratorExit in the handler
     wait_until(lambda: runner.active == 0, 30, "the run to end")  # it deregisters when Cancelled ends it

@@ -24,7 +24,7 @@ def read_video(path) -> np.ndarray:
 
 @pytest.mark.parametrize("view", ["x0", "x_t"])
 def test_mp4_has_one_frame_per_kept_step(tiny_models, tmp_path, view):
-    run = run_of(tiny_models, steps=5, every=2, decode="fast").extras["run"]
+    run = run_of(tiny_models, steps=5, every=2, decode="fast").run
     path = export_mp4(run, tmp_path / f"{view}.mp4", view)
     frames = read_video(path)
     assert frames.shape[0] == len(run) == 3
@@ -35,7 +35,7 @@ def test_mp4_has_one_frame_per_kept_step(tiny_models, tmp_path, view):
 
 
 def test_export_run_writes_every_download(tiny_models, tmp_path):
-    run = run_of(tiny_models, decode="fast").extras["run"]
+    run = run_of(tiny_models, decode="fast").run
     paths = export_run(run, tmp_path)
     assert sorted(paths) == ["gif_x0", "gif_x_t", "mp4_x0", "mp4_x_t", "raw", "raw_json", "sheet"]
     assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in paths.values())

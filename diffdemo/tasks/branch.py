@@ -17,6 +17,7 @@ import torch
 
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import combine_callbacks, denoise_loop, guided, make_scheduler, step_kwargs
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions
@@ -41,7 +42,7 @@ class BranchRequest:
     guidance_scale: float | None = None
 
 
-def read_run(path, models) -> TrajectoryRun:
+def read_run(path, models: ModelSet) -> TrajectoryRun:
     """A run saved by the trajectory tab (``trajectory-run.safetensors``), every field checked against the live
     endpoints' limits (:mod:`.saved_run`); raises InvalidRequest if it is not one."""
     try:
@@ -55,7 +56,7 @@ def read_run(path, models) -> TrajectoryRun:
     return run
 
 
-def validate(request: BranchRequest, run: TrajectoryRun | None, models) -> tuple[int, str, str, float]:
+def validate(models: ModelSet, request: BranchRequest, run: TrajectoryRun | None) -> tuple[int, str, str, float]:
     """Checks the run and the request; returns (step, prompt, negative prompt, guidance). Raises InvalidRequest."""
     if run is None:
         raise InvalidRequest("There is no recorded run to branch from: press Run first (or upload a saved run).")
@@ -88,7 +89,7 @@ def model_output_of(x_t: torch.Tensor, x0: torch.Tensor, alpha_bar: float, euler
     return x0.float()  # "sample"
 
 
-def replay(scheduler, run: TrajectoryRun, stop: int, generator: list, models) -> None:
+def replay(scheduler, run: TrajectoryRun, stop: int, generator: list, models: ModelSet) -> None:
     """Steps ``scheduler`` (fresh, timesteps set) through steps 0..stop−1 with outputs recovered from the run, so
     its step counter, multistep history and ``generator``'s random stream are where the original run had them."""
     kwargs = step_kwargs(scheduler, generator)
@@ -102,15 +103,15 @@ def replay(scheduler, run: TrajectoryRun, stop: int, generator: list, models) ->
         scheduler.step(output.to(models.dtype), t, x_t.to(models.dtype), **kwargs)
 
 
-def branch(models, run: TrajectoryRun | None, request: BranchRequest, callback=None) -> TaskResult:
+def branch(models: ModelSet, run: TrajectoryRun | None, request: BranchRequest, callback=None) -> TaskResult:
     """Continues ``run`` from ``request.step`` with the new prompt/guidance through the one loop.
 
-    ``images``: the branch's final image (PIL); ``extras["run"]``: the branch as a full :class:`TrajectoryRun`
-    (the original's steps before k, then the new ones); ``extras["comparison"]``: original vs branch;
+    ``images``: the branch's final image (PIL); ``run``: the branch as a full :class:`TrajectoryRun`
+    (the original's steps before k, then the new ones); ``comparison``: original vs branch;
     ``metadata``: the new settings, ``branched_from`` (step, t, the original's prompt and guidance),
     ``solver_state`` and ``final_rms_vs_original`` (latents).
     """
-    step, prompt, negative, guidance = validate(request, run, models)
+    step, prompt, negative, guidance = validate(models, request, run)
     started, meta = time.perf_counter(), run.metadata
     scheduler = make_scheduler(meta["sampler"], models.scheduler.config)
     scheduler.set_timesteps(meta["steps"], device=models.device)
@@ -143,4 +144,4 @@ def branch(models, run: TrajectoryRun | None, request: BranchRequest, callback=N
     comparison = Comparison(runs=[run, branched], labels=["original", label],
                             metadata={"task": "branch", "labels": ["original", label]})
     return TaskResult(images=[image], metadata={**metadata, "numbers": json_numbers(branched.numbers)},
-                      extras={"run": branched, "comparison": comparison})
+                      run=branched, comparison=comparison)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.sampling import Cancelled
 from diffdemo.engine.speed import Speeds
 from diffdemo.tasks import super_resolution as sr
@@ -93,7 +94,7 @@ def check_cost(estimate: Estimate, max_seconds: float) -> None:
             f"operator to raise the limit (--max-cost, env DIFFDEMO_MAX_COST).")
 
 
-def estimate(models, speeds: Speeds, request, *, run=None) -> Estimate:
+def estimate(models: ModelSet, speeds: Speeds, request, *, run=None) -> Estimate:
     """The cost of one task request (the dataclass the task takes; for a branch also the ``run`` it continues).
     Validates the request first, so bad input gets the task's own message; reads only image headers."""
     for kind, estimator in ESTIMATORS.items():
@@ -103,7 +104,7 @@ def estimate(models, speeds: Speeds, request, *, run=None) -> Estimate:
     raise TypeError(f"no estimate for {type(request).__name__}")
 
 
-def _native(models) -> int:
+def _native(models: ModelSet) -> int:
     return models.native_size ** 2
 
 
@@ -115,15 +116,15 @@ def image_size(value, name: str, *, max_pixels: int, max_side: int) -> tuple[int
     return size
 
 
-def _text_to_image(models, speeds: Speeds, request) -> Estimate:
-    r = validate_text_to_image(request, models)
+def _text_to_image(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = validate_text_to_image(models, request)
     units, batch = area(r.width * r.height, _native(models)), r.num_images * guidance_factor(r.guidance_scale)
     seconds = r.steps * speeds.unet.seconds(units, batch) + r.num_images * speeds.vae.seconds(units)
     return Estimate(seconds, f"{r.width}×{r.height}, {r.steps} steps, {r.num_images} image(s)")
 
 
-def _trajectory(models, speeds: Speeds, request) -> Estimate:
-    r = validate_trajectory(request, models)
+def _trajectory(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = validate_trajectory(models, request)
     frames = math.ceil(r.steps / r.every)
     # the run, its final decode, then the downloads decode every kept x̂₀ and x_t frame
     seconds = r.steps * speeds.unet.seconds(batch=guidance_factor(r.guidance_scale)) + speeds.vae.seconds() + \
@@ -131,15 +132,15 @@ def _trajectory(models, speeds: Speeds, request) -> Estimate:
     return Estimate(seconds, f"{r.steps} steps, {frames} frames decoded twice ('{r.decode}')")
 
 
-def _compare(models, speeds: Speeds, request) -> Estimate:
-    variants, _ = variant_requests(request, models)
+def _compare(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    variants, _ = variant_requests(models, request)
     seconds = sum(v.steps * speeds.unet.seconds(batch=guidance_factor(v.guidance_scale)) + speeds.vae.seconds()
                   for v in variants)
     return Estimate(seconds, f"{len(variants)} runs, {sum(v.steps for v in variants)} steps in all")
 
 
-def _branch(models, speeds: Speeds, request, run) -> Estimate:
-    step, _, _, guidance = validate_branch(request, run, models)
+def _branch(models: ModelSet, speeds: Speeds, request, run) -> Estimate:
+    step, _, _, guidance = validate_branch(models, request, run)
     remaining = run.metadata["steps"] - step
     pixels = run.x_t.shape[-1] * run.x_t.shape[-2] * models.vae_scale ** 2
     units = area(pixels, _native(models))
@@ -147,8 +148,8 @@ def _branch(models, speeds: Speeds, request, run) -> Estimate:
     return Estimate(seconds, f"{remaining} steps from step {step + 1}")
 
 
-def _inpaint(models, speeds: Speeds, request) -> Estimate:
-    r = validate_inpaint(request, models)
+def _inpaint(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = validate_inpaint(models, request)
     limits = dict(max_pixels=INPAINT_PIXELS, max_side=INPAINT_SIDE)
     width, height = image_size(r.image, "image", **limits)
     if r.mask is not None:
@@ -162,8 +163,8 @@ def _inpaint(models, speeds: Speeds, request) -> Estimate:
     return Estimate(seconds, f"{width}×{height}, {steps} steps")
 
 
-def _denoise(models, speeds: Speeds, request) -> Estimate:
-    r = validate_denoise(request, models)
+def _denoise(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = validate_denoise(models, request)
     width, height = image_size(r.image, "image", max_pixels=DENOISE_PIXELS, max_side=DENOISE_SIDE)
     pixels = (width // 8 * 8) * (height // 8 * 8)
     native = models.denoiser.unet.config.sample_size
@@ -173,8 +174,8 @@ def _denoise(models, speeds: Speeds, request) -> Estimate:
     return Estimate(runs * once, f"{width}×{height}, {r.steps} steps" + (f", {runs} noise levels" if runs > 1 else ""))
 
 
-def _super_resolve(models, speeds: Speeds, request) -> Estimate:
-    r = sr.validate(request, models)
+def _super_resolve(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = sr.validate(models, request)
     width, height = image_size(r.image, "image", max_pixels=sr.MAX_OUTPUT_PIXELS,
                                max_side=sr.MAX_OUTPUT_SIDE * 4)
     if r.evaluate:
@@ -206,15 +207,15 @@ def _tiles(width: int, height: int, tile: int, overlap: int, multiple: int) -> t
     return counts[0] * counts[1], min(tile, padded[0]) * min(tile, padded[1])
 
 
-def _forward(models, speeds: Speeds, request) -> Estimate:
-    r = validate_forward(request, models)
+def _forward(models: ModelSet, speeds: Speeds, request) -> Estimate:
+    r = validate_forward(models, request)
     if r.image is not None:
         image_size(r.image, "image", max_pixels=FORWARD_PIXELS, max_side=FORWARD_SIDE)
     # an encode and the decodes, at the native size (the task resizes its input)
     return Estimate((2 + len(r.row)) * speeds.vae.seconds(), f"{len(r.row)} timesteps")
 
 
-def _playground(models, speeds: Speeds, request) -> Estimate:
+def _playground(models: ModelSet, speeds: Speeds, request) -> Estimate:
     r = validate_playground(request)
     seconds = r.iterations * TRAIN_SECONDS_PER_ITERATION + r.steps * r.points * SAMPLE_SECONDS_PER_POINT_STEP
     return Estimate(seconds, f"{r.iterations} training iterations, {r.steps} steps × {r.points} points")

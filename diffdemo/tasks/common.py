@@ -5,6 +5,14 @@ import math
 import platform
 import random
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for the annotations only: these modules import this one
+    from PIL import Image
+
+    from diffdemo.tasks.compare import Comparison
+    from diffdemo.tasks.playground.run import PlaygroundRun
+    from diffdemo.tasks.trajectory import TrajectoryRun
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
@@ -16,11 +24,15 @@ class InvalidRequest(ValueError):
 
 @dataclass
 class TaskResult:
-    """Images (PIL) plus a JSON-able metadata dict (seed, steps, sampler, model, versions...)."""
+    """Images (PIL) plus a JSON-able metadata dict (seed, steps, sampler, model, versions...), and what some tasks
+    return beside them (None, or empty, for the others)."""
 
     images: list
     metadata: dict
-    extras: dict = field(default_factory=dict)  # task-specific outputs (e.g. baseline images)
+    run: TrajectoryRun | PlaygroundRun | None = None  # trajectory, branch: the recorded run; playground: its run
+    comparison: Comparison | None = None  # compare: the variants side by side; branch: the original beside it
+    changed: Image.Image | None = None  # inpaint: the |output − input| heat map
+    baselines: dict[str, Image.Image] = field(default_factory=dict)  # denoise: the classical results by name
 
 
 def resolve_seed(seed) -> int:

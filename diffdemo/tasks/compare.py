@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from diffdemo.engine.loading import ModelSet
 from diffdemo.tasks.common import InvalidRequest, TaskResult, library_versions, resolve_seed
 from diffdemo.tasks.settings import PromptSettings
 from diffdemo.tasks.trajectory import (DECODE_MODES, TrajectoryRequest, TrajectoryRun, check_decode_mode, frame,
@@ -69,7 +70,7 @@ def parse_variants(text: str) -> list[dict]:
     return variants
 
 
-def variant_requests(request: CompareRequest, models) -> tuple[list[TrajectoryRequest], list[str]]:
+def variant_requests(models: ModelSet, request: CompareRequest) -> tuple[list[TrajectoryRequest], list[str]]:
     """One validated :class:`TrajectoryRequest` per variant, all with the same (resolved) seed, and its label."""
     if request.decode not in DECODE_MODES:
         raise InvalidRequest(f"Unknown decode mode '{request.decode}'; choose one of: {', '.join(DECODE_MODES)}.")
@@ -80,7 +81,7 @@ def variant_requests(request: CompareRequest, models) -> tuple[list[TrajectoryRe
     checked, labels = [], []
     for number, overrides in enumerate(parse_variants(request.variants), start=1):
         try:  # numbers arrive as text: the checks parse them and say which field is wrong
-            variant = validate_trajectory(replace(base, **overrides), models)
+            variant = validate_trajectory(models, replace(base, **overrides))
         except InvalidRequest as error:
             raise InvalidRequest(f"Variant {number}: {error}") from None
         if variant in checked:
@@ -98,17 +99,17 @@ def label_of(request: TrajectoryRequest, overrides: dict) -> str:
                       f"{names.get(k, k)}={getattr(request, k)}" for k in overrides) or "shared settings"
 
 
-def compare(models, request: CompareRequest, callback=None) -> TaskResult:
+def compare(models: ModelSet, request: CompareRequest, callback=None) -> TaskResult:
     """Runs every variant one after another through :func:`trajectory` (``callback`` sees every step of each).
 
-    ``images``: the final image of each variant (PIL); ``extras["comparison"]``: the :class:`Comparison`;
+    ``images``: the final image of each variant (PIL); ``comparison``: the :class:`Comparison`;
     ``metadata``: seed, model, one record per variant (settings, seconds, per-step numbers) and
     ``step_count_note`` when two variants differ in step count.
     """
     started = time.perf_counter()
-    requests, labels = variant_requests(request, models)
+    requests, labels = variant_requests(models, request)
     results = [trajectory(models, r, callback) for r in requests]
-    runs = [result.extras["run"] for result in results]
+    runs = [result.run for result in results]
     records = [{"label": label, **{k: r.metadata[k] for k in ("prompt", "negative_prompt", "sampler", "steps",
                                                               "guidance_scale", "seconds")},
                 "numbers": json_numbers(r.numbers)} for label, r in zip(labels, runs)]
@@ -119,7 +120,7 @@ def compare(models, request: CompareRequest, callback=None) -> TaskResult:
     note = step_count_note(comparison)
     if note is not None:
         metadata["step_count_note"] = note
-    return TaskResult(images=[run.image for run in runs], metadata=metadata, extras={"comparison": comparison})
+    return TaskResult(images=[run.image for run in runs], metadata=metadata, comparison=comparison)
 
 
 # ---- stepping together ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.sampling import StepCallback, combine_callbacks, denoise_loop
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, library_versions, resolve_seed
 from diffdemo.tasks.inputs import WHITE, open_image, to_rgb
@@ -60,7 +61,7 @@ class NoiseSweepRequest:
     steps: int = 20
 
 
-def validate(request, models):
+def validate(models: ModelSet, request):
     """Checks everything but the image; returns the request with numbers normalised and the seed drawn."""
     if getattr(models, "denoiser", None) is None:
         raise InvalidRequest("This model set has no pixel-space denoiser; denoising needs the embedded model "
@@ -191,12 +192,12 @@ def score(clean: np.ndarray | None, image: np.ndarray) -> dict:
             "ssim": round(float(structural_similarity(clean, image, data_range=255, channel_axis=-1)), 4)}
 
 
-def denoise(models, request: DenoiseRequest, callback: StepCallback | None = None) -> TaskResult:
+def denoise(models: ModelSet, request: DenoiseRequest, callback: StepCallback | None = None) -> TaskResult:
     """Images: noisy, x̂_0 at t, reverse-process result, classical baseline (``H×W`` RGB, input size snapped to 8).
 
-    ``extras`` holds both baselines (``tv``, ``nl_means``); metadata has σ, t, ᾱ_t and PSNR/SSIM per output.
+    ``baselines`` holds both classical results (``tv``, ``nl_means``); metadata has σ, t, ᾱ_t and PSNR/SSIM per output.
     """
-    request = validate(request, models)
+    request = validate(models, request)
     started = time.perf_counter()
     pixels, notes = load_image(request.image)
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -214,10 +215,10 @@ def denoise(models, request: DenoiseRequest, callback: StepCallback | None = Non
     metadata = describe(models, request, sigma, estimated, diffusion, scores, notes, time.perf_counter() - started)
     images = [Image.fromarray(outputs[name]) for name in OUTPUTS]
     return TaskResult(images=images, metadata=metadata,
-                      extras={name: Image.fromarray(image) for name, image in baselines.items()})
+                      baselines={name: Image.fromarray(image) for name, image in baselines.items()})
 
 
-def describe(models, request, sigma, estimated, diffusion, scores, notes, seconds) -> dict:
+def describe(models: ModelSet, request, sigma, estimated, diffusion, scores, notes, seconds) -> dict:
     """The JSON record of one run: settings, σ → t mapping, and PSNR/SSIM per output (None without a clean image)."""
     record = {"task": "denoise", **{k: v for k, v in asdict(request).items() if k != "image"},
               "sigma": round(sigma, 3), "estimated": estimated, "t": diffusion["t"],
@@ -233,12 +234,12 @@ def describe(models, request, sigma, estimated, diffusion, scores, notes, second
     return record
 
 
-def noise_sweep(models, request: NoiseSweepRequest, callback: StepCallback | None = None) -> TaskResult:
+def noise_sweep(models: ModelSet, request: NoiseSweepRequest, callback: StepCallback | None = None) -> TaskResult:
     """PSNR (dB) of the noisy input, the diffusion result and the better classical baseline at each σ.
 
     ``metadata["rows"]``: dicts ``{sigma, method, psnr}``; ``images`` is empty (the UI plots the rows).
     """
-    request = validate(request, models)
+    request = validate(models, request)
     started = time.perf_counter()
     pixels, notes = load_image(request.image)
     rows = []

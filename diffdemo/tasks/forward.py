@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from diffdemo.engine.images import decode_latents, encode_pixels, pil_to_tensor, tensor_to_pil
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, make_scheduler
 from diffdemo.tasks.common import (InvalidRequest, TaskResult, as_number, check_choice, library_versions,
                                    resolve_seed)
@@ -50,7 +51,7 @@ class ForwardRequest:
     row: tuple | None = None
 
 
-def validate(request: ForwardRequest, models) -> ForwardRequest:
+def validate(models: ModelSet, request: ForwardRequest) -> ForwardRequest:
     """Checks everything but the image; fills the row and draws the seed. Raises InvalidRequest."""
     check_choice("sampler", request.sampler, SAMPLERS)
     last = models.scheduler.config.num_train_timesteps - 1
@@ -64,7 +65,7 @@ def validate(request: ForwardRequest, models) -> ForwardRequest:
                    row=tuple(as_number("row timestep", value, integer=True, low=0, high=last) for value in row))
 
 
-def noise_schedule(models, sampler: str = DEFAULT_SAMPLER) -> dict[str, np.ndarray]:
+def noise_schedule(models: ModelSet, sampler: str = DEFAULT_SAMPLER) -> dict[str, np.ndarray]:
     """The schedule of ``sampler`` built from the model's scheduler config, one value per timestep (float64).
 
     Keys: ``t`` (0…T−1), ``beta``, ``log10_beta``, ``alpha_bar``, ``snr`` (0 where ᾱ = 0) and ``log10_snr`` (NaN
@@ -81,7 +82,7 @@ def noise_schedule(models, sampler: str = DEFAULT_SAMPLER) -> dict[str, np.ndarr
             "snr": snr, "log10_snr": log10_snr}
 
 
-def load_image(value, models) -> tuple[Image.Image, dict]:
+def load_image(value, models: ModelSet) -> tuple[Image.Image, dict]:
     """Any image input -> RGB PIL image whose longer side is the model's native size and whose sides are
     multiples of the VAE's cell (8 px), plus notes for the metadata."""
     image = open_image(value, "image", max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
@@ -93,14 +94,14 @@ def load_image(value, models) -> tuple[Image.Image, dict]:
     return pixels.resize(size, Image.LANCZOS) if size != pixels.size else pixels, notes
 
 
-def forward(models, request: ForwardRequest, callback: StepCallback | None = None) -> TaskResult:
+def forward(models: ModelSet, request: ForwardRequest, callback: StepCallback | None = None) -> TaskResult:
     """Noises the image to t (and to every t of the row) in latent and in pixel space.
 
     ``images`` (PIL): the input as used, x_t decoded from latent space, x_t in pixel space, the latent x_t itself
     (channels 1–3 as RGB, one block per latent cell) and the row figure (latent row over pixel row).
     ``callback`` is unused: no reverse step runs here.
     """
-    request = validate(request, models)
+    request = validate(models, request)
     started = time.perf_counter()
     picture, notes = load_image(request.image, models)
     generator = torch.Generator("cpu").manual_seed(request.seed)
@@ -172,7 +173,7 @@ def schedule_numbers(scheduler, t: int) -> dict:
             "noise_std": math.sqrt(1 - alpha_bar), "snr": snr, "log10_snr": math.log10(snr) if snr > 0 else None}
 
 
-def describe(models, request: ForwardRequest, scheduler, notes: dict, psnr: float, seconds: float) -> dict:
+def describe(models: ModelSet, request: ForwardRequest, scheduler, notes: dict, psnr: float, seconds: float) -> dict:
     """The JSON record of one run: settings, the schedule at t, the terminal ᾱ and the VAE round trip's PSNR."""
     alpha_bars = scheduler.alphas_cumprod
     numbers = {k: round(v, 8) if isinstance(v, float) else v for k, v in schedule_numbers(scheduler, request.t).items()}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.lora import lora_infotext
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import DEFAULT_SAMPLER, SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
@@ -73,7 +74,7 @@ class Canvas:
     notes: dict
 
 
-def validate(request: InpaintRequest, models) -> InpaintRequest:
+def validate(models: ModelSet, request: InpaintRequest) -> InpaintRequest:
     """Checks every setting but the images; returns the request with numbers normalised and the seed drawn."""
     check_choice("sampler", request.sampler, SAMPLERS)
     if request.outpaint_fill not in OUTPAINT_FILLS:
@@ -101,11 +102,11 @@ def _as_flag(name: str, value) -> bool:
     raise InvalidRequest(f"{name} must be true or false; got {value!r}.")
 
 
-def inpaint(models, request: InpaintRequest, callback: StepCallback | None = None) -> TaskResult:
-    """Repaints the masked area; ``images[0]`` is the result, ``extras["changed"]`` the |output − input| heat map."""
-    request = validate(request, models)
+def inpaint(models: ModelSet, request: InpaintRequest, callback: StepCallback | None = None) -> TaskResult:
+    """Repaints the masked area; ``images[0]`` is the result, ``changed`` the |output − input| heat map."""
+    request = validate(models, request)
     started = time.perf_counter()
-    canvas = prepare_canvas(request, models)
+    canvas = prepare_canvas(models, request)
     box = crop_box(canvas.mask, request.padding) if request.only_masked else None
     if box is None:
         generated, notes = _generate(models, request, canvas.image, canvas.mask, callback)
@@ -123,10 +124,10 @@ def inpaint(models, request: InpaintRequest, callback: StepCallback | None = Non
                                                  request.sampler, request.guidance_scale, request.seed, width,
                                                  height, models.name, extra)
     return TaskResult(images=[result], metadata=metadata,
-                      extras={"changed": Image.fromarray(change_heatmap(canvas.image, output))})
+                      changed=Image.fromarray(change_heatmap(canvas.image, output)))
 
 
-def describe(models, request: InpaintRequest, canvas: Canvas, output: np.ndarray, seconds: float) -> dict:
+def describe(models: ModelSet, request: InpaintRequest, canvas: Canvas, output: np.ndarray, seconds: float) -> dict:
     """The JSON record stored with every image (the request's settings, never its pixels)."""
     settings = {f.name: getattr(request, f.name) for f in fields(request) if f.name not in ("image", "mask")}
     height, width = output.shape[:2]
@@ -139,7 +140,7 @@ def describe(models, request: InpaintRequest, canvas: Canvas, output: np.ndarray
 
 # --- Inputs: any mode, any size -> an RGB canvas and a binary mask -------------------------------------------
 
-def prepare_canvas(request: InpaintRequest, models) -> Canvas:
+def prepare_canvas(models: ModelSet, request: InpaintRequest) -> Canvas:
     """Opens, converts, snaps, outpaints and checks the image and mask; raises InvalidRequest on any problem."""
     image = open_image(request.image, "image", max_pixels=MAX_PIXELS, max_side=MAX_SIDE)
     pixels, notes = to_rgb(image, WHITE), {}
@@ -211,7 +212,7 @@ def _grow(low: int, high: int, length: int, limit: int) -> tuple[int, int]:
     return low, low + length
 
 
-def _generate_cropped(models, request, canvas: Canvas, box, callback):
+def _generate_cropped(models: ModelSet, request, canvas: Canvas, box, callback):
     """Inpaints only ``box``, resized to the model's native size, then resized back into a copy of the image."""
     left, top, right, bottom = box
     crop_w, crop_h = right - left, bottom - top
@@ -227,7 +228,7 @@ def _generate_cropped(models, request, canvas: Canvas, box, callback):
     return full, {**note, "crop": list(box), "crop_size": list(size)}
 
 
-def _generate(models, request: InpaintRequest, pixels: np.ndarray, mask: np.ndarray, callback):
+def _generate(models: ModelSet, request: InpaintRequest, pixels: np.ndarray, mask: np.ndarray, callback):
     """Runs the denoise loop on ``pixels`` (``H×W×3`` uint8, sides multiples of the VAE scale) repainting ``mask``
     (``H×W`` bool); returns the decoded ``H×W×3`` uint8 image (not yet composited) and a note for the metadata."""
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
@@ -262,7 +263,7 @@ def _generate(models, request: InpaintRequest, pixels: np.ndarray, mask: np.ndar
     return np.asarray(decoded), notes
 
 
-def _inpainting_channels(models, image: torch.Tensor, repaint: torch.Tensor, repaint_latent: torch.Tensor):
+def _inpainting_channels(models: ModelSet, image: torch.Tensor, repaint: torch.Tensor, repaint_latent: torch.Tensor):
     """The 9-channel U-Net's extra input: ``cat(mask, VAE(masked image))``, ``1×5×h×w``; the masked image is the
     image with the repaint area set to 0 (mid grey) in [-1, 1]."""
     masked_latents = encode_pixels(models.vae, image * (1 - repaint))

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.sampling import make_scheduler
 from diffdemo.tasks.common import MAX_SEED, InvalidRequest, as_number
 from diffdemo.tasks.trajectory import EULER_TYPE, TrajectoryRequest, TrajectoryRun
@@ -20,13 +21,13 @@ SETTINGS = ("prompt", "negative_prompt", "sampler", "steps", "guidance_scale", "
 REMAKE = "save the run again from the Trajectory tab."
 
 
-def check_saved_run(run: TrajectoryRun, models) -> None:
+def check_saved_run(run: TrajectoryRun, models: ModelSet) -> None:
     """Raises :class:`InvalidRequest` (one sentence, prefixed "Saved run: ") unless ``run`` is one this app's
     ``/trajectory`` endpoint could have recorded with ``models``. A missing field raises KeyError/TypeError."""
     meta = run.metadata
     try:
         request = TrajectoryRequest(**{name: meta[name] for name in SETTINGS}, seed=meta["seed"])
-        checked = validate_trajectory(request, models)
+        checked = validate_trajectory(models, request)
         as_number("seed", meta["seed"], integer=True, low=0, high=MAX_SEED)
         if meta["euler_type"] is not (checked.sampler in EULER_TYPE):
             raise InvalidRequest(f"its euler_type does not match its sampler '{checked.sampler}'; {REMAKE}")
@@ -36,7 +37,7 @@ def check_saved_run(run: TrajectoryRun, models) -> None:
         raise InvalidRequest(f"Saved run: {error}") from None
 
 
-def _check_tensors(run: TrajectoryRun, models, kept: int) -> None:
+def _check_tensors(run: TrajectoryRun, models: ModelSet, kept: int) -> None:
     channels, side = models.latent_channels, models.native_size // models.vae_scale
     for name, shape in (("x_t", (kept, channels, side, side)), ("x0", (kept, channels, side, side)),
                         ("final", (1, channels, side, side)), ("latent_rgb", (channels + 1, 3))):
@@ -51,7 +52,7 @@ def _check_tensors(run: TrajectoryRun, models, kept: int) -> None:
             raise InvalidRequest(f"{name} holds values that are not finite numbers; {REMAKE}")
 
 
-def _check_numbers(run: TrajectoryRun, request: TrajectoryRequest, models) -> None:
+def _check_numbers(run: TrajectoryRun, request: TrajectoryRequest, models: ModelSet) -> None:
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
     scheduler.set_timesteps(request.steps)
     timesteps = [int(t) for t in scheduler.timesteps]

@@ -26,6 +26,7 @@ from PIL import Image
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor
 from diffdemo.engine.conditioning import generation_inputs
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import StepCallback, denoise_loop, guided, make_scheduler
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number, check_prompt, library_versions, resolve_seed
@@ -72,7 +73,7 @@ class SuperResolutionRequest:
     consistency: bool = True
 
 
-def validate(request: SuperResolutionRequest, models) -> SuperResolutionRequest:
+def validate(models: ModelSet, request: SuperResolutionRequest) -> SuperResolutionRequest:
     if isinstance(request.scale, bool) or request.scale not in SCALES:
         raise InvalidRequest(f"scale must be 2 or 4; got {request.scale!r}.")
     max_noise = models.upscaler.max_noise_level if models.upscaler is not None else 350
@@ -166,7 +167,7 @@ def pad_to(pixels: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(pixels, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="edge")
 
 
-def upscaler_embeddings(models, prompt: str) -> torch.Tensor:
+def upscaler_embeddings(models: ModelSet, prompt: str) -> torch.Tensor:
     """Text-free upscalers get zeros ``1×1×D``; text-conditioned ones (SD x4) the base encoder's prompt embedding."""
     unet = models.upscaler.unet
     dim = unet.config.cross_attention_dim
@@ -176,7 +177,7 @@ def upscaler_embeddings(models, prompt: str) -> torch.Tensor:
     return torch.zeros(1, 1, dim, device=unet.device, dtype=unet.dtype)
 
 
-def diffusion_upscale(models, low_res: np.ndarray, request, callback) -> np.ndarray:
+def diffusion_upscale(models: ModelSet, low_res: np.ndarray, request, callback) -> np.ndarray:
     """``h×w×3`` uint8 -> uint8 at ×4 (the dedicated upscaler) or ×scale (the img2img fallback): the mean of
     ``request.samples`` samples, each denoised from its own noise.
 
@@ -197,7 +198,7 @@ def diffusion_upscale(models, low_res: np.ndarray, request, callback) -> np.ndar
     return to_uint8(total / request.samples)
 
 
-def upscaler_mean(models, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
+def upscaler_mean(models: ModelSet, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
     """The dedicated upscaler, ``count`` samples in one batch per tile: ``h×w×3`` uint8 -> their mean
     ``1×3×4h×4w`` in [-1, 1]."""
     up = models.upscaler
@@ -226,7 +227,7 @@ def upscaler_mean(models, low_res: np.ndarray, count: int, generator, request, c
     return run_tiled(padded, 4, tile, request.tile_overlap, multiple, process)[:, :, : height * 4, : width * 4]
 
 
-def img2img_mean(models, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
+def img2img_mean(models: ModelSet, low_res: np.ndarray, count: int, generator, request, callback) -> torch.Tensor:
     """The fallback with the base model, ``count`` samples: Lanczos ×scale, encode, noise to ``strength``, denoise,
     decode (tiled) -> their mean ``1×3×(s·h)×(s·w)`` in [-1, 1]."""
     s, vae_scale = request.scale, models.vae_scale
@@ -278,7 +279,7 @@ def back_project_tensor(x: torch.Tensor, low_res: torch.Tensor, rounds: int = BA
     return x
 
 
-def native_tile(models, scale: int) -> int:
+def native_tile(models: ModelSet, scale: int) -> int:
     """The low-res tile side the model was trained at: the upscaler's latent size, or native size / scale."""
     if models.upscaler is not None:
         size = models.upscaler.unet.config.sample_size
@@ -299,12 +300,13 @@ def score(original: np.ndarray, image: np.ndarray) -> dict:
             "ssim": round(float(structural_similarity(original, image, data_range=255, channel_axis=-1)), 4)}
 
 
-def super_resolve(models, request: SuperResolutionRequest, callback: StepCallback | None = None) -> TaskResult:
+def super_resolve(models: ModelSet, request: SuperResolutionRequest,
+                  callback: StepCallback | None = None) -> TaskResult:
     """Images: diffusion result, bicubic, Lanczos (``scale·h × scale·w`` RGB).
 
     ``metadata["metrics"]`` maps each method to PSNR (dB)/SSIM against the original in evaluate mode, else None.
     """
-    request = validate(request, models)
+    request = validate(models, request)
     started = time.perf_counter()
     low_res, original, notes = load_low_res(request)
     height, width = low_res.shape[:2]

@@ -8,6 +8,7 @@ import torch
 
 from diffdemo.engine.conditioning import generation_inputs
 from diffdemo.engine.images import decode_latents, initial_noise, tensor_to_pil
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.lora import lora_infotext, split_prompt
 from diffdemo.engine.prompts import encode_prompt
 from diffdemo.engine.sampling import SAMPLERS, StepCallback, denoise_loop, guided, make_scheduler
@@ -30,7 +31,7 @@ class TextToImageRequest(PromptSettings):
     num_images: int = 1
 
 
-def validate(request: TextToImageRequest, models) -> TextToImageRequest:
+def validate(models: ModelSet, request: TextToImageRequest) -> TextToImageRequest:
     """Returns the request with defaults filled in, or raises :class:`InvalidRequest` saying what is wrong."""
     check_choice("sampler", request.sampler, SAMPLERS)
     size = {name: models.native_size if getattr(request, name) is None else
@@ -45,9 +46,9 @@ def validate(request: TextToImageRequest, models) -> TextToImageRequest:
                    seed=resolve_seed(request.seed))
 
 
-def text_to_image(models, request: TextToImageRequest, callback: StepCallback | None = None) -> TaskResult:
+def text_to_image(models: ModelSet, request: TextToImageRequest, callback: StepCallback | None = None) -> TaskResult:
     """Generates ``num_images`` images; image ``i`` uses seed ``seed + i``, so each can be reproduced alone."""
-    request = validate(request, models)
+    request = validate(models, request)
     started = time.perf_counter()
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
     scheduler.set_timesteps(request.steps, device=models.device)
@@ -77,7 +78,7 @@ def text_to_image(models, request: TextToImageRequest, callback: StepCallback | 
     return TaskResult(images=images, metadata=metadata)
 
 
-def unknown_words(models, prompt: str) -> list[str] | None:
+def unknown_words(models: ModelSet, prompt: str) -> list[str] | None:
     """The words of ``prompt`` the model never saw in its training captions, e.g. ["astronaut"] for the built-in
     model; None for a model without a vocabulary file (CLIP knows them all). LoRA tags and textual-inversion
     trigger words do not count."""
@@ -87,7 +88,7 @@ def unknown_words(models, prompt: str) -> list[str] | None:
     return vocabulary.unknown_words(split_prompt(prompt)[0], also_known=models.tokenizer.get_added_vocab())
 
 
-def describe(models, request, seeds, seconds: float) -> dict:
+def describe(models: ModelSet, request, seeds, seconds: float) -> dict:
     """The JSON record stored with every image."""
     return {"task": "text_to_image", **asdict(request), "seeds": seeds, "model": models.name,
             "device": str(models.device), "dtype": str(models.dtype).replace("torch.", ""),

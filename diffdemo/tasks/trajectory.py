@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
+from diffdemo.engine.loading import ModelSet
 from diffdemo.engine.sampling import Step, StepCallback, combine_callbacks, make_scheduler
 from diffdemo.engine.threads import single_threaded_beside
 from diffdemo.tasks.common import InvalidRequest, TaskResult, as_number
@@ -135,18 +136,18 @@ class LazyFrames(Sequence):
         return frame(self.run, index % len(self), self.view)
 
 
-def validate(request: TrajectoryRequest, models) -> TrajectoryRequest:
+def validate(models: ModelSet, request: TrajectoryRequest) -> TrajectoryRequest:
     """Fills defaults and checks every field; raises :class:`InvalidRequest`."""
     if request.decode not in DECODE_MODES:
         raise InvalidRequest(f"Unknown decode mode '{request.decode}'; choose one of: {', '.join(DECODE_MODES)}.")
     check_decode_mode(request.decode, models)
     every = as_number("every", request.every, integer=True, low=1, high=MAX_STEPS)
-    checked = validate_text_to_image(_as_text_to_image(request), models)
+    checked = validate_text_to_image(models, _as_text_to_image(request))
     return replace(request, prompt=checked.prompt, negative_prompt=checked.negative_prompt, steps=checked.steps,
                    guidance_scale=checked.guidance_scale, seed=checked.seed, every=int(every))
 
 
-def check_decode_mode(mode: str, models) -> None:
+def check_decode_mode(mode: str, models: ModelSet) -> None:
     """Raises :class:`InvalidRequest` when ``mode`` needs a part this model set lacks."""
     if mode == "tiny" and models.tiny_vae is None:
         raise InvalidRequest("This model has no tiny VAE; choose 'vae' or 'fast', or start the app with --tiny-vae "
@@ -158,7 +159,7 @@ def _as_text_to_image(request: TrajectoryRequest) -> TextToImageRequest:
                               steps=request.steps, guidance_scale=request.guidance_scale, seed=request.seed)
 
 
-def starting_noise(models, request: TrajectoryRequest) -> torch.Tensor:
+def starting_noise(models: ModelSet, request: TrajectoryRequest) -> torch.Tensor:
     """x_t of step 0 exactly as text_to_image draws it (seeded CPU noise × the sampler's init_noise_sigma)."""
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
     scheduler.set_timesteps(request.steps, device=models.device)
@@ -167,14 +168,14 @@ def starting_noise(models, request: TrajectoryRequest) -> torch.Tensor:
     return initial_noise(shape, request.seed, models.device, models.dtype) * scheduler.init_noise_sigma
 
 
-def trajectory(models, request: TrajectoryRequest, callback: StepCallback | None = None) -> TaskResult:
+def trajectory(models: ModelSet, request: TrajectoryRequest, callback: StepCallback | None = None) -> TaskResult:
     """Runs text_to_image with a :class:`TrajectoryRecorder` chained to ``callback``; renders every kept x̂_0.
 
     ``images``: the kept x̂_0 frames (PIL, native size) as :class:`LazyFrames`, decoded when read, so recording
-    costs no decode beyond text_to_image's own; ``extras["run"]``: the :class:`TrajectoryRun`;
+    costs no decode beyond text_to_image's own; ``run``: the :class:`TrajectoryRun`;
     ``metadata``: text_to_image's record plus decode, every and ``numbers`` (JSON-safe: inf as "inf").
     """
-    request = validate(request, models)
+    request = validate(models, request)
     recorder = TrajectoryRecorder(starting_noise(models, request), every=request.every,
                                   guidance_scale=request.guidance_scale, euler_type=request.sampler in EULER_TYPE)
     result = text_to_image(models, _as_text_to_image(request), combine_callbacks(recorder, callback))
@@ -185,7 +186,7 @@ def trajectory(models, request: TrajectoryRequest, callback: StepCallback | None
                         latent_rgb=latent_rgb_matrix(models, recorder.final, result.images[0]),
                         image=result.images[0])
     return TaskResult(images=LazyFrames(run, "x0"), metadata={**metadata, "numbers": json_numbers(run.numbers)},
-                      extras={"run": run})
+                      run=run)
 
 
 def json_numbers(numbers: list) -> list:
@@ -194,7 +195,7 @@ def json_numbers(numbers: list) -> list:
 
 # ---- decoding -------------------------------------------------------------------------------------------------
 
-def latent_rgb_matrix(models, latents: torch.Tensor | None = None, image=None) -> torch.Tensor:
+def latent_rgb_matrix(models: ModelSet, latents: torch.Tensor | None = None, image=None) -> torch.Tensor:
     """A ``(C+1)×3`` least-squares map from one latent cell (plus a bias) to its block's mean RGB in [-1, 1].
 
     The base pairs come from a few VAE decodes, made once per VAE and cached (:func:`_base_pairs`). A run adds its
@@ -216,7 +217,7 @@ def _pairs(latents: torch.Tensor, pixels: torch.Tensor, scale: int) -> tuple[tor
     return torch.cat([latents, ones], 1).permute(0, 2, 3, 1).reshape(-1, latents.shape[1] + 1), rgb
 
 
-def _base_pairs(models, samples: int = 8):
+def _base_pairs(models: ModelSet, samples: int = 8):
     """Seeded images of random 4×4 colour blocks (half sharp, half smooth), encoded, each latent paired with its
     own decode. (Random Gaussian latents fit badly: real latents lie on a much narrower set than N(0, I).)"""
     if models.vae in _LATENT_RGB:
@@ -250,7 +251,7 @@ def decode(run: TrajectoryRun, latents: torch.Tensor):
                                             latents.to(models.device, models.dtype)))[0]
 
 
-def _decoder(models, mode: str):
+def _decoder(models: ModelSet, mode: str):
     """The module that decodes for ``mode`` "vae" or "tiny"."""
     if mode == "tiny":
         check_decode_mode(mode, models)
@@ -258,7 +259,7 @@ def _decoder(models, mode: str):
     return models.vae
 
 
-def preview(models, step: Step, mode: str = "fast"):
+def preview(models: ModelSet, step: Step, mode: str = "fast"):
     """An image of this step's x̂_0 for live previews: "fast" (the linear map, about free), "tiny" (the distilled
     tiny VAE, about a tenth of a VAE decode) or "vae" (exact, one VAE decode per preview)."""
     if mode in ("vae", "tiny"):
@@ -365,7 +366,7 @@ def save_run(run: TrajectoryRun, path) -> tuple[str, str]:
     return str(path), str(json_path)
 
 
-def load_run(path, models) -> TrajectoryRun:
+def load_run(path, models: ModelSet) -> TrajectoryRun:
     """Reads a run written by :func:`save_run`; frames are then decoded with ``models`` (the same model set)."""
     from safetensors import safe_open
 

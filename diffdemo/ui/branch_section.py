@@ -7,7 +7,7 @@ import gradio as gr
 from diffdemo.tasks.branch import BranchRequest, branch, read_run
 from diffdemo.ui.compare_tab import build_comparison_view
 from diffdemo.ui.live import stream_task
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, named
 from diffdemo.ui.trajectory_tab import RunStore
 
 EXPLANATION = """Start from the **x_t shown above** (step k) and run steps k…N again with a new prompt or guidance:
@@ -40,13 +40,13 @@ def build_branch_section(runner: Runner, gpu_group: str, trajectory: dict) -> di
     trajectory["slider"].change(lambda value: value, trajectory["slider"], step, api_visibility="private",
                                 queue=False)
     inputs = [step, prompt, guidance_scale, run_file, trajectory["run_id"]]
-    event = button.click(_branch_handler(runner, trajectory["store"], comparisons), inputs,
+    event = button.click(branch_handler(runner, trajectory["store"], comparisons), inputs,
                          [metadata, status, comparison_id], api_name="branch", concurrency_id=gpu_group)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"comparison_id": comparison_id}
 
 
-def _branch_handler(runner: Runner, runs: RunStore, comparisons: RunStore):
+def branch_handler(runner: Runner, runs: RunStore, comparisons: RunStore):
     def branch_event(step: int, prompt: str = "", guidance_scale: float = -1, run_file: str | None = None,
                      run_id: str | None = None, request: gr.Request = None):
         keep_guidance = guidance_scale is None or guidance_scale < 0
@@ -57,7 +57,7 @@ def _branch_handler(runner: Runner, runs: RunStore, comparisons: RunStore):
             run = read_run(run_file, models) if run_file else runs.get(run_id)
             return branch(models, run, req, callback)
 
-        branch_task.__name__ = "branch"
+        named("branch", branch_task)
 
         def on_step(step_):
             return gr.skip(), f"step {step_.index + 1}/{step_.total}", gr.skip()
@@ -67,7 +67,6 @@ def _branch_handler(runner: Runner, runs: RunStore, comparisons: RunStore):
         text = (f"Branched at step {meta['branched_from']['step'] + 1} (t = {meta['branched_from']['t']}); "
                 f"final latents differ from the original's by RMS {meta['final_rms_vs_original']:.3g}. "
                 f"Sampler state: {meta['solver_state']}")
-        yield meta, text, comparisons.add(result.extras["comparison"], request)
+        yield meta, text, comparisons.add(result.comparison, request)
 
-    branch_event.__name__ = "branch"
-    return branch_event
+    return named("branch", branch_event)

@@ -9,7 +9,7 @@ from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_S
 from diffdemo.tasks.compare import CompareRequest, compare, frames_at, numbers_at
 from diffdemo.tasks.trajectory import preview
 from diffdemo.ui.live import stream_task
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, named
 from diffdemo.ui.settings import live_preview_row, prompt_settings, run_and_stop
 from diffdemo.ui.trajectory_tab import DECODE_INFO, RunStore, decode_modes
 
@@ -40,7 +40,7 @@ def build_comparison_view(store: RunStore, comparison_id: gr.State, max_runs: in
                            gr.Image(label="x_t (sample at t)", type="pil", format="png", interactive=False)]
             columns.append(column)
     numbers = gr.Markdown()
-    draw = _draw(store, max_runs)
+    draw = draw_comparison(store, max_runs)
 
     def show(cid):
         comparison = store.get(cid)
@@ -55,7 +55,7 @@ def build_comparison_view(store: RunStore, comparison_id: gr.State, max_runs: in
     return {"slider": slider, "numbers": numbers}
 
 
-def _draw(store: RunStore, max_runs: int):
+def draw_comparison(store: RunStore, max_runs: int):
     def draw(cid, percent):
         comparison = store.get(cid)
         if comparison is None:
@@ -109,14 +109,14 @@ def build_compare_tab(runner: Runner, gpu_group: str) -> dict:
     preset.change(lambda name: PRESETS.get(name, gr.skip()), preset, variants, api_visibility="private",
                   queue=False)
     inputs = [prompt, variants, negative_prompt, sampler, steps, guidance_scale, seed, decode]
-    event = run_button.click(_compare_handler(runner, store), inputs,
+    event = run_button.click(compare_handler(runner, store), inputs,
                              [gallery, metadata, note, live, status, comparison_id], api_name="compare",
                              concurrency_id=gpu_group)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"comparison_id": comparison_id}
 
 
-def _compare_handler(runner: Runner, store: RunStore):
+def compare_handler(runner: Runner, store: RunStore):
     def compare_event(prompt: str, variants: str = PRESETS["10 vs 20 steps"], negative_prompt: str = "",
                       sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS,
                       guidance_scale: float = DEFAULT_GUIDANCE, seed: int = -1,
@@ -133,11 +133,10 @@ def _compare_handler(runner: Runner, store: RunStore):
                     f"run {run_number[0]} · step {step.index + 1}/{step.total}", gr.skip())
 
         result = yield from stream_task(runner, compare, task_request, request, on_step)
-        comparison = result.extras["comparison"]
+        comparison = result.comparison
         gallery = list(zip(runner.save_images(result), comparison.labels))
         note = result.metadata.get("step_count_note", {}).get("text", "")
         yield (gallery, result.metadata, note, result.images[-1], f"done: {len(comparison.runs)} runs",
                store.add(comparison, request))
 
-    compare_event.__name__ = "compare"
-    return compare_event
+    return named("compare", compare_event)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, noise_sweep
 from diffdemo.tasks.denoise import MAX_SIGMA, MAX_STEPS
-from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.ui.runner import Runner, named, uploaded_path
 from diffdemo.world.examples import example_images
 
 EXPLANATION = """**σ** is the noise's standard deviation in pixel units (0–255); set it to 0 if your image is already
@@ -52,16 +52,16 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
     inputs = [image, sigma, seed, sampler, steps]
     # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages for
     # corrupt files and wrong types) instead of Gradio
-    event = run_button.click(_denoise_handler(runner), inputs, [*outputs, metrics], api_name="denoise",
+    event = run_button.click(denoise_handler(runner), inputs, [*outputs, metrics], api_name="denoise",
                              concurrency_id=gpu_group, preprocess=False)
     event.success(score_table, metrics, table, api_visibility="private", queue=False)
-    sweep = sweep_button.click(_sweep_handler(runner), [image, seed, sampler, steps], plot,
+    sweep = sweep_button.click(sweep_handler(runner), [image, seed, sampler, steps], plot,
                                api_name="psnr_vs_noise", concurrency_id=gpu_group, preprocess=False)
     stop.click(runner.stop, None, None, cancels=[event, sweep], api_visibility="private", queue=False)
     return {"image": image}
 
 
-def _denoise_handler(runner: Runner):
+def denoise_handler(runner: Runner):
     def denoise_image(image, sigma: float = 50, seed: int = -1, sampler: str = "DDIM", steps: int = 20,
                       request: gr.Request = None, progress=gr.Progress()):
         task_request = DenoiseRequest(image=uploaded_path(image), sigma=sigma, seed=seed, sampler=sampler,
@@ -69,11 +69,10 @@ def _denoise_handler(runner: Runner):
         result = runner.run(denoise, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)
 
-    denoise_image.__name__ = "denoise"
-    return denoise_image
+    return named("denoise", denoise_image)
 
 
-def _sweep_handler(runner: Runner):
+def sweep_handler(runner: Runner):
     def psnr_vs_noise(image, seed: int = -1, sampler: str = "DDIM", steps: int = 20, request: gr.Request = None,
                       progress=gr.Progress()):
         task_request = NoiseSweepRequest(image=uploaded_path(image), seed=seed, sampler=sampler, steps=steps)

@@ -7,7 +7,7 @@ import gradio as gr
 import pandas as pd
 
 from diffdemo.tasks import DEFAULT_SAMPLER, SAMPLERS, ForwardRequest, forward, noise_schedule
-from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.ui.runner import Runner, named, uploaded_path
 from diffdemo.world.examples import example_images
 
 EXPLANATION = """The **forward process** destroys an image a little at a time; because the steps are Gaussian, any
@@ -65,28 +65,27 @@ def build_forward_tab(runner: Runner, gpu_group: str) -> dict:
                 metadata = gr.JSON(label="Metadata")
     inputs, outputs = [image, t, seed, sampler], [*views, row, metadata]
     # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
-    event = run_button.click(_forward_handler(runner), inputs, outputs, api_name="forward", concurrency_id=gpu_group,
+    event = run_button.click(forward_handler(runner), inputs, outputs, api_name="forward", concurrency_id=gpu_group,
                              preprocess=False)
     event.success(describe_numbers, metadata, numbers, api_visibility="private", queue=False)
     gr.on([t.change, sampler.change], plots, [sampler, t], charts, api_visibility="private", queue=False)
-    refresh = gr.on([t.release, sampler.change], _refresh_handler(runner), inputs, outputs,
+    refresh = gr.on([t.release, sampler.change], refresh_handler(runner), inputs, outputs,
                     api_visibility="private", concurrency_id=gpu_group, trigger_mode="always_last",
                     preprocess=False)
     refresh.success(describe_numbers, metadata, numbers, api_visibility="private", queue=False)
     return {"image": image}
 
 
-def _forward_handler(runner: Runner):
+def forward_handler(runner: Runner):
     def forward_image(image, t: int = 500, seed: int = 0, sampler: str = DEFAULT_SAMPLER, request: gr.Request = None):
         task_request = ForwardRequest(image=uploaded_path(image), t=t, seed=seed, sampler=sampler)
         result = runner.run(forward, task_request, request, None)
         return (*runner.save_images(result), result.metadata)
 
-    forward_image.__name__ = "forward"
-    return forward_image
+    return named("forward", forward_image)
 
 
-def _refresh_handler(runner: Runner):
+def refresh_handler(runner: Runner):
     """Re-noises the loaded image at a new t or schedule; the row of t values stays as it is (it does not depend
     on t), so only x_t is decoded. Does nothing while no image is loaded: moving t then only moves the marker."""
 

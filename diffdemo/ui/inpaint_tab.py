@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from diffdemo.tasks import InpaintRequest, InvalidRequest, inpaint
 from diffdemo.tasks.inpaint import MAX_PIXELS, MAX_SIDE
 from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
-from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.ui.runner import Runner, named, uploaded_path
 from diffdemo.ui.settings import guidance_slider, sampler_dropdown, steps_slider
 from diffdemo.ui.uploads import uploaded_image
 from diffdemo.world.scene import COLOURS
@@ -57,7 +57,7 @@ def build_inpaint_tab(runner: Runner, gpu_group: str) -> dict:
     image = gr.Image(type="pil", image_mode=None, format="png", visible=False, label="image")
     mask = gr.Image(type="pil", image_mode=None, format="png", visible=False, label="mask")
     _add_examples(runner, editor, mask_upload, settings)
-    run = _inpaint_handler(runner)
+    run = inpaint_handler(runner)
     # preprocess=False: the pictures are opened by the app, their size checked before a pixel is decoded
     split = generate.click(split_uploads, [editor, mask_upload], [image, mask], api_visibility="private",
                            queue=False, preprocess=False)
@@ -97,7 +97,7 @@ def _settings_panel() -> dict:
     return s
 
 
-def _inpaint_handler(runner: Runner):
+def inpaint_handler(runner: Runner):
     def run(image, mask, prompt: str = "", negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
             steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, strength: float = 1.0,
             seed: int = -1, mask_blur: int = 4, invert_mask: bool = False, only_masked: bool = False,
@@ -110,12 +110,11 @@ def _inpaint_handler(runner: Runner):
             outpaint_left=outpaint_left, outpaint_right=outpaint_right, outpaint_top=outpaint_top,
             outpaint_bottom=outpaint_bottom, outpaint_fill=outpaint_fill)
         result = runner.run(inpaint, task_request, request, progress)
-        result.images = [*result.images, result.extras["changed"]]
+        result.images = [*result.images, result.changed]
         result_path, changed_path = runner.save_images(result)
         return result_path, changed_path, result.metadata
 
-    run.__name__ = "inpaint"
-    return run
+    return named("inpaint", run)
 
 
 def split_uploads(value, uploaded_mask=None) -> tuple:

@@ -11,7 +11,7 @@ import pandas as pd
 from diffdemo.tasks import DATASETS, PLAYGROUND_SAMPLERS, PlaygroundCache, PlaygroundRequest, playground
 from diffdemo.tasks.playground import DEFAULT_DATASET, frame_image
 from diffdemo.tasks.playground.run import MAX_ITERATIONS, MAX_POINTS, MAX_STEPS
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, named
 
 EXPLANATION = """A tiny network (an MLP that predicts the noise ε in x_t) learns a cloud of 2-D points, the original
 diffusion paper's demonstration. Each frame shows one step t:
@@ -59,16 +59,15 @@ def build_playground_tab(runner: Runner, gpu_group: str) -> dict:
                 metadata = gr.JSON(label="Metadata")
     state = gr.State(None)  # the shown run's request (a dict); scrubbing looks the run up in the cache
     inputs = [dataset, sampler, steps, points, seed, iterations]
-    event = run_button.click(_playground_handler(runner, cache), inputs, [frame, overview, loss, metadata, state],
+    event = run_button.click(playground_handler(runner, cache), inputs, [frame, overview, loss, metadata, state],
                              api_name="playground", concurrency_id=gpu_group)
     event.success(show_run, metadata, [slider, summary], api_visibility="private", queue=False)
-    slider.input(_scrub_handler(cache), [state, slider], frame, api_visibility="private", queue=False)
+    slider.input(scrub_handler(cache), [state, slider], frame, api_visibility="private", queue=False)
     return {"state": state}
 
 
-def _playground_handler(runner: Runner, cache: PlaygroundCache):
-    task = functools.partial(playground, cache=cache)
-    task.__name__ = "playground"
+def playground_handler(runner: Runner, cache: PlaygroundCache):
+    task = named("playground", functools.partial(playground, cache=cache))
 
     def playground_event(dataset: str = DEFAULT_DATASET, sampler: str = "DDPM", steps: int = 50,
                          points: int = 1000, seed: int = 0, iterations: int = 2000, request: gr.Request = None,
@@ -79,13 +78,12 @@ def _playground_handler(runner: Runner, cache: PlaygroundCache):
         result = runner.run(task, task_request, request, progress)
         frame_path, overview_path = runner.save_images(result)
         curve = pd.DataFrame(result.metadata["loss_curve"])
-        return frame_path, overview_path, curve, result.metadata, asdict(result.extras["run"].request)
+        return frame_path, overview_path, curve, result.metadata, asdict(result.run.request)
 
-    playground_event.__name__ = "playground"
-    return playground_event
+    return named("playground", playground_event)
 
 
-def _scrub_handler(cache: PlaygroundCache):
+def scrub_handler(cache: PlaygroundCache):
     def scrub(state, index):
         run = cache.runs.get(PlaygroundRequest(**state)) if state else None
         if run is None:

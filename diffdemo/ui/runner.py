@@ -215,6 +215,18 @@ def clean_gradio_cache(blocks, age: float) -> None:
                 files.discard(path)
 
 
+def named(name: str, function):
+    """``function``, renamed ``name`` (an event handler: its endpoint's ``api_name``), for the tab handler factories.
+
+    Gradio knows an event's function by its ``__name__`` (``BlockFunction.name``): the request prices and the queue
+    gate (ui/limits.py), the ZeroGPU wrapping (ui/space.py) and the server log look a job up by it, and so do the
+    runner and the live stream (ui/live.py) for a task they run. A factory's inner function would otherwise be
+    called ``run`` or ``text_to_image_event``; named after its endpoint, every one of them agrees.
+    """
+    function.__name__ = name
+    return function
+
+
 def uploaded_path(payload):
     """The file path in an unprocessed file payload (Gradio's FileData, as events with ``preprocess=False``
     receive it); anything else is returned as it is, for :func:`check_uploads` and the task to judge."""

@@ -5,7 +5,7 @@ import gradio as gr
 
 from diffdemo.tasks import SuperResolutionRequest, super_resolve
 from diffdemo.tasks.super_resolution import MAX_SAMPLES, MAX_STEPS
-from diffdemo.ui.runner import Runner, uploaded_path
+from diffdemo.ui.runner import Runner, named, uploaded_path
 
 EXPLANATION = """The **diffusion** result comes from the model set's dedicated ×4 upscaler (×2 = ×4 then Lanczos ÷2),
 or, without one, from the base model re-generating a Lanczos upscale at low strength. Large images are processed in
@@ -55,14 +55,14 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
                 metrics = gr.JSON(label="Metrics")
     inputs = [image, scale, seed, steps, noise_level, evaluate, consistency, samples, mirror]
     # preprocess=False: the task opens the upload itself (size checked before decoding, its own messages)
-    event = run_button.click(_super_resolve_handler(runner), inputs, [*outputs, metrics], api_name="super_resolve",
+    event = run_button.click(super_resolve_handler(runner), inputs, [*outputs, metrics], api_name="super_resolve",
                              concurrency_id=gpu_group, preprocess=False)
     event.success(score_table, metrics, table, api_visibility="private", queue=False)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"image": image}
 
 
-def _super_resolve_handler(runner: Runner):
+def super_resolve_handler(runner: Runner):
     defaults = SuperResolutionRequest
 
     def super_resolve_image(image, scale: int = defaults.scale, seed: int = defaults.seed, steps: int = defaults.steps,
@@ -75,8 +75,7 @@ def _super_resolve_handler(runner: Runner):
         result = runner.run(super_resolve, task_request, request, progress)
         return (*runner.save_images(result), result.metadata)
 
-    super_resolve_image.__name__ = "super_resolve"
-    return super_resolve_image
+    return named("super_resolve", super_resolve_image)
 
 
 def score_table(metadata: dict) -> str:

@@ -5,7 +5,7 @@ import gradio as gr
 
 from diffdemo.tasks import TextToImageRequest, text_to_image
 from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, named
 from diffdemo.ui.settings import guidance_slider, run_and_stop, sampler_dropdown, steps_slider
 
 EXAMPLES = [
@@ -56,7 +56,7 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Accordion("Generation data (also stored in each PNG)", open=False):
                 metadata = gr.JSON(label="Metadata")
 
-    run = _text_to_image_handler(runner)
+    run = text_to_image_handler(runner)
     inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, width, height, seed, num_images]
     outputs = [gallery, metadata, used_seed]
     # preprocess=False: numbers and text reach the task as sent, so it answers wrong types and bounds itself
@@ -71,7 +71,7 @@ def build_text_to_image_tab(runner: Runner, gpu_group: str) -> dict:
     return {"gallery": gallery, "selected": selected, "send_to_inpainting": send_to_inpainting}
 
 
-def _text_to_image_handler(runner: Runner):
+def text_to_image_handler(runner: Runner):
     native = runner.models.native_size
 
     def text_to_image_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
@@ -86,8 +86,7 @@ def _text_to_image_handler(runner: Runner):
         seeds = result.metadata["seeds"]
         return [(p, f"seed {s}") for p, s in zip(paths, seeds)], result.metadata, ", ".join(map(str, seeds))
 
-    text_to_image_event.__name__ = "text_to_image"
-    return text_to_image_event
+    return named("text_to_image", text_to_image_event)
 
 
 def known_examples(vocabulary) -> list[str]:

@@ -10,7 +10,7 @@ from diffdemo.tasks.settings import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_S
 from diffdemo.tasks.trajectory import DECODE_MODES, TrajectoryRequest, describe_step, frame, preview, trajectory
 from diffdemo.tasks.trajectory_export import export_run
 from diffdemo.ui.live import stream_task
-from diffdemo.ui.runner import Runner
+from diffdemo.ui.runner import Runner, named
 from diffdemo.ui.settings import live_preview_row, prompt_settings, run_and_stop
 from diffdemo.ui.stores import RunStore
 
@@ -68,12 +68,12 @@ def build_trajectory_tab(runner: Runner, gpu_group: str) -> dict:
                 metadata = gr.JSON(label="Metadata")
     run_id = gr.State(None)
     inputs = [prompt, negative_prompt, sampler, steps, guidance_scale, seed, decode, every, live_mode, preview_every]
-    event = run_button.click(_trajectory_handler(runner, store), inputs,
+    event = run_button.click(trajectory_handler(runner, store), inputs,
                              [gallery, gif, sheet, metadata, files, live, status, run_id],
                              api_name="trajectory", concurrency_id=gpu_group)
     # the handler sets run_id as soon as the run ends (before the downloads), so scrubbing starts at once
-    run_id.change(_show_handler(store), run_id, [slider, *views, numbers], api_visibility="private", queue=False)
-    slider.change(_scrub_handler(store), [run_id, slider], [*views, numbers], api_visibility="private", queue=False)
+    run_id.change(show_handler(store), run_id, [slider, *views, numbers], api_visibility="private", queue=False)
+    slider.change(scrub_handler(store), [run_id, slider], [*views, numbers], api_visibility="private", queue=False)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"run_id": run_id, "slider": slider, "store": store}
 
@@ -83,7 +83,7 @@ def decode_modes(models) -> list[str]:
     return [mode for mode in DECODE_MODES if mode != "tiny" or models.tiny_vae is not None]
 
 
-def _trajectory_handler(runner: Runner, store: RunStore):
+def trajectory_handler(runner: Runner, store: RunStore):
     def trajectory_event(prompt: str, negative_prompt: str = "", sampler: str = DEFAULT_SAMPLER,
                          steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, seed: int = -1,
                          decode: str = "vae", every: int = 1, live_preview: str = "fast", preview_every: int = 1,
@@ -100,15 +100,14 @@ def _trajectory_handler(runner: Runner, store: RunStore):
             return (*[gr.skip()] * 5, image, f"step {step.index + 1}/{step.total}", gr.skip())
 
         result = yield from stream_task(runner, trajectory, task_request, request, on_step)
-        run = result.extras["run"]
+        run = result.run
         run_id = store.add(run, request)
         yield (*[gr.skip()] * 3, result.metadata, gr.skip(), run.image,
                f"done: {len(run)} frames; making the downloads", run_id)
         gallery, gif, sheet, files = _export(runner, result)
         yield gallery, gif, sheet, result.metadata, files, run.image, f"done: {len(run)} frames", run_id
 
-    trajectory_event.__name__ = "trajectory"
-    return trajectory_event
+    return named("trajectory", trajectory_event)
 
 
 def _export(runner: Runner, result) -> tuple:
@@ -118,7 +117,7 @@ def _export(runner: Runner, result) -> tuple:
 
 
 def _write_exports(runner: Runner, result) -> tuple:
-    run = result.extras["run"]
+    run = result.run
     paths = runner.save_images(result)  # decodes every kept x̂₀ frame (cached on the run)
     folder = runner.output_dir / uuid.uuid4().hex
     folder.mkdir(parents=True)
@@ -128,7 +127,7 @@ def _write_exports(runner: Runner, result) -> tuple:
     return gallery, exports["gif_x0"], exports["sheet"], files
 
 
-def _show_handler(store: RunStore):
+def show_handler(store: RunStore):
     def show(run_id):
         run = store.get(run_id)
         if run is None:
@@ -140,7 +139,7 @@ def _show_handler(store: RunStore):
     return show
 
 
-def _scrub_handler(store: RunStore):
+def scrub_handler(store: RunStore):
     def scrub(run_id, index):
         run = store.get(run_id)
         if run is None:

@@ -121,7 +121,7 @@ def playground(models, request: PlaygroundRequest, callback: StepCallback | None
                cache: PlaygroundCache | None = None) -> TaskResult:
     """Trains (or reuses from ``cache``) the point denoiser and records one run; ``models`` is not used.
 
-    ``images``: the last frame and the overview figure (PIL, see :mod:`.render`); ``extras["run"]``: the
+    ``images``: the last frame and the overview figure (PIL, see :mod:`.render`); ``run``: the
     :class:`PlaygroundRun`; metadata: settings, timings, losses and distances of noise/samples to the data, and
     whether the model (``reused_model``) or the whole run (``reused_run``) came from memory.
     """
@@ -135,7 +135,7 @@ def playground(models, request: PlaygroundRequest, callback: StepCallback | None
             run.metadata = describe(request, trained, reused, run)
         cache.runs.put(request, run)
     return TaskResult(images=[frame_image(run, len(run) - 1), overview_image(run)],
-                      metadata={**run.metadata, "reused_run": held is not None}, extras={"run": run})
+                      metadata={**run.metadata, "reused_run": held is not None}, run=run)
 
 
 def record_run(trained: point_model.TrainedModel, request: PlaygroundRequest,
