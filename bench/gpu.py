@@ -204,7 +204,7 @@ def unet_flops(config, size: int, batch: int) -> dict:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from diffdemo.engine.fast import StepCachedUNet
+    from diffdemo.engine.step_cache import StepCachedUNet
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(config)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffdemo.engine import load_models
-from diffdemo.engine.fast import MIN_VAE_TILE, FastPath, StepCachedUNet, apply_fast_path, compile_settings, warm_up
+from diffdemo.engine.fast import MIN_VAE_TILE, FastPath, apply_fast_path, compile_settings, warm_up
+from diffdemo.engine.step_cache import StepCachedUNet
 from diffdemo.engine.sampling import Step, make_scheduler, throttled
 from diffdemo.tasks import TextToImageRequest, text_to_image
 from helpers import psnr

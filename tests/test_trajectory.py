@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from diffdemo.tasks import InvalidRequest
-from diffdemo.tasks.trajectory import (TrajectoryRequest, contact_sheet, epsilon, export_gif, frame, load_run,
-                                       save_run, trajectory)
+from diffdemo.tasks.trajectory import TrajectoryRequest, epsilon, frame, load_run, save_run, trajectory
+from diffdemo.tasks.trajectory_export import contact_sheet, export_gif
 from helpers import psnr, wait_until
 
 PROMPT = "a large red star on a blue background"

@@ -1,4 +1,5 @@
-"""Trajectory viewer: record x_t and x̂_0 at every step of one text-to-image run, scrub, export (GIF, sheet, raw).
+"""Trajectory viewer: record x_t and x̂_0 at every step of one text-to-image run, scrub, save the raw run (the GIFs,
+videos and contact sheet are in trajectory_export.py).
 
 Maths map (Ho et al. 2020; Song et al. 2021), latents scaled as the U-Net sees them (``C×h×w``):
   x_t        the sample entering step i (at timestep t_i); step 0's is the initial noise
@@ -17,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffdemo.engine.images import decode_latents, encode_pixels, initial_noise, pil_to_tensor, tensor_to_pil
@@ -302,50 +302,7 @@ def describe_step(run: TrajectoryRun, index: int) -> str:
             f"SNR = {n['snr']:.4g} · guidance = {n['guidance_scale']:g}")
 
 
-# ---- export ---------------------------------------------------------------------------------------------------
-
-def _labelled(image, text: str, height: int = 12):
-    """``image`` with a black footer strip carrying ``text`` (also keeps GIF frames distinct, so none merge)."""
-    from PIL import Image, ImageDraw
-
-    out = Image.new("RGB", (image.width, image.height + height))
-    out.paste(image.convert("RGB"), (0, 0))
-    ImageDraw.Draw(out).text((2, image.height), text, fill=(255, 255, 255))
-    return out
-
-
-def labelled_frames(run: TrajectoryRun, view: str = "x0") -> list[np.ndarray]:
-    """One ``H+12×W×3`` uint8 array per kept step of ``view``, labelled with its step (for GIF and MP4)."""
-    return [np.asarray(_labelled(frame(run, i, view), f"{n['step'] + 1}/{n['total']}"))
-            for i, n in enumerate(run.numbers)]
-
-
-def export_gif(run: TrajectoryRun, path, view: str = "x0", ms_per_frame: int = 120) -> str:
-    """An animated GIF of ``view`` with one frame per kept step, each labelled with its step."""
-    import imageio.v3 as iio
-
-    iio.imwrite(path, np.stack(labelled_frames(run, view)), extension=".gif", duration=ms_per_frame, loop=0)
-    return str(path)
-
-
-def contact_sheet(run: TrajectoryRun, path, cell: int = 128) -> str:
-    """A PNG grid of the kept x̂_0 frames (at most ``cell`` px a side each), labelled with step and t."""
-    from PIL import Image
-
-    cols = math.ceil(math.sqrt(len(run)))
-    rows = math.ceil(len(run) / cols)
-    tiles = []
-    for i, n in enumerate(run.numbers):
-        image = frame(run, i, "x0").copy()
-        image.thumbnail((cell, cell))
-        tiles.append(_labelled(image, f"{n['step'] + 1} t={n['t']}"))
-    width, height = tiles[0].size
-    sheet = Image.new("RGB", (cols * width, rows * height), (40, 40, 40))
-    for i, tile in enumerate(tiles):
-        sheet.paste(tile, ((i % cols) * width, (i // cols) * height))
-    sheet.save(path, format="PNG")
-    return str(path)
-
+# ---- the raw run (its file format; pictures and videos are in trajectory_export.py) ----------------------
 
 NUMBER_KEYS = ("step", "total", "t", "sigma", "alpha_bar", "snr", "guidance_scale")
 

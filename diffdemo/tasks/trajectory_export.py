@@ -1,18 +1,63 @@
-"""Trajectory downloads: MP4 videos of x_t and x̂_0, and one call that writes every export of a recorded run.
+"""Trajectory downloads: GIFs and MP4 videos of x_t and x̂_0, a contact sheet, and one call that writes every
+export of a recorded run (with the raw run, whose format is trajectory.py's save_run).
 
 Exports are the only place a whole run is decoded: each kept frame of a view is decoded once (VAE or the fast
 linear map, as the run was recorded) and cached on the run, so scrubbing afterwards is free.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
-from diffdemo.tasks.trajectory import TrajectoryRun, contact_sheet, export_gif, labelled_frames, save_run
+from diffdemo.tasks.trajectory import TrajectoryRun, frame, save_run
 
 MACRO_BLOCK = 16  # H.264 codes 16×16 blocks; frames are padded to a multiple so ffmpeg never rescales them
 MIN_VIDEO_WIDTH = 256  # small frames (the embedded model's 128 px) are enlarged, pixel-exact, to stay watchable
+
+
+def _labelled(image, text: str, height: int = 12):
+    """``image`` with a black footer strip carrying ``text`` (also keeps GIF frames distinct, so none merge)."""
+    from PIL import Image, ImageDraw
+
+    out = Image.new("RGB", (image.width, image.height + height))
+    out.paste(image.convert("RGB"), (0, 0))
+    ImageDraw.Draw(out).text((2, image.height), text, fill=(255, 255, 255))
+    return out
+
+
+def labelled_frames(run: TrajectoryRun, view: str = "x0") -> list[np.ndarray]:
+    """One ``H+12×W×3`` uint8 array per kept step of ``view``, labelled with its step (for GIF and MP4)."""
+    return [np.asarray(_labelled(frame(run, i, view), f"{n['step'] + 1}/{n['total']}"))
+            for i, n in enumerate(run.numbers)]
+
+
+def export_gif(run: TrajectoryRun, path, view: str = "x0", ms_per_frame: int = 120) -> str:
+    """An animated GIF of ``view`` with one frame per kept step, each labelled with its step."""
+    import imageio.v3 as iio
+
+    iio.imwrite(path, np.stack(labelled_frames(run, view)), extension=".gif", duration=ms_per_frame, loop=0)
+    return str(path)
+
+
+def contact_sheet(run: TrajectoryRun, path, cell: int = 128) -> str:
+    """A PNG grid of the kept x̂_0 frames (at most ``cell`` px a side each), labelled with step and t."""
+    from PIL import Image
+
+    cols = math.ceil(math.sqrt(len(run)))
+    rows = math.ceil(len(run) / cols)
+    tiles = []
+    for i, n in enumerate(run.numbers):
+        image = frame(run, i, "x0").copy()
+        image.thumbnail((cell, cell))
+        tiles.append(_labelled(image, f"{n['step'] + 1} t={n['t']}"))
+    width, height = tiles[0].size
+    sheet = Image.new("RGB", (cols * width, rows * height), (40, 40, 40))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % cols) * width, (i // cols) * height))
+    sheet.save(path, format="PNG")
+    return str(path)
 
 
 def video_frames(run: TrajectoryRun, view: str = "x0") -> np.ndarray:
