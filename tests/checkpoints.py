@@ -169,6 +169,20 @@ def build_tiny_sdxl(tokenizer, latent_size: int = 8) -> dict:
                 unet=unet, vae=vae)
 
 
+def sd2_components(tiny_components):
+    """The tiny SD 1.x set with an OpenCLIP-convertible text encoder and linear projections, as SD 2.x has."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_components["tokenizer"]
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu",
+                                        max_position_embeddings=tokenizer.model_max_length)).eval()
+    unet = UNet2DConditionModel.from_config({**tiny_components["unet"].config, "use_linear_projection": True})
+    return {**tiny_components, "text_encoder": text, "unet": unet.eval()}
+
+
 def inpainting_unet(unet):
     """A 9-channel copy of a tiny U-Net (x_t + mask + masked-image latents), as inpainting checkpoints have."""
     from diffusers import UNet2DConditionModel

@@ -5,24 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from checkpoints import inpainting_unet, save_pipeline, to_original, vae_to_original, write_checkpoint
+from checkpoints import (inpainting_unet, save_pipeline, sd2_components, to_original, vae_to_original,
+                         write_checkpoint)
 
 from diffdemo.engine import load_models
 from diffdemo.tasks import InpaintRequest, TextToImageRequest, inpaint, text_to_image
-
-
-def sd2_components(tiny_components):
-    """The tiny SD 1.x set with an OpenCLIP-convertible text encoder and linear projections, as SD 2.x has."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    tokenizer = tiny_components["tokenizer"]
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu",
-                                        max_position_embeddings=tokenizer.model_max_length)).eval()
-    unet = UNet2DConditionModel.from_config({**tiny_components["unet"].config, "use_linear_projection": True})
-    return {**tiny_components, "text_encoder": text, "unet": unet.eval()}
 
 
 def layout(kind: str, request, folder):

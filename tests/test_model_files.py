@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from checkpoints import save_pipeline, to_original, write_checkpoint
+from checkpoints import save_pipeline, sd2_components, to_original, write_checkpoint
 from test_loading import assert_one_sentence
 
 from diffdemo.engine import ModelLoadError, load_models
@@ -80,16 +80,7 @@ def test_sd2_single_file_detects_v_prediction(tiny_components, tmp_path):
 
 
 def test_sd2_openclip_single_file_loads_bit_identical(tiny_components, tmp_path):
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    torch.manual_seed(0)
-    tokenizer = tiny_components["tokenizer"]
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, hidden_act="gelu",
-                                        max_position_embeddings=tokenizer.model_max_length)).eval()
-    unet = UNet2DConditionModel.from_config({**tiny_components["unet"].config, "use_linear_projection": True})
-    components = {**tiny_components, "text_encoder": text, "unet": unet.eval()}
+    components = sd2_components(tiny_components)
     folder = save_pipeline(components, tmp_path / "sd2")
     models = load_models(str(write_checkpoint(to_original(components, "sd2"), tmp_path / "sd2.ckpt")),
                          config=str(folder), device="cpu")
