@@ -1,7 +1,8 @@
 """Measures the embedded model set on real photographs: ``python -m diffdemo.world.evaluate_photos DIR``.
 
 Two sets, never trained or tuned on: scikit-image's bundled photographs (the public set) and the held-out Debian
-photographs of :mod:`diffdemo.world.data` (run its ``fetch`` first), 256² centre crops unless said. Everything
+photographs of :mod:`diffdemo.world.data` (run its ``fetch`` first), 256² centre crops unless said; ``--world N``
+adds N fresh world scenes (128²) so that one run shows what a photo fine-tune costs the shapes world. Everything
 goes through the app's own tasks with their defaults; reported numbers are medians over the images (and seeds).
 
 * ``vae``: the VAE's round-trip PSNR.
@@ -13,6 +14,8 @@ goes through the app's own tasks with their defaults; reported numbers are media
 * ``inpaint``: a 64×64 hole in the middle, empty prompt, PSNR inside the hole against filling it with the mean
   colour of its border; and a check that every pixel outside the mask is unchanged.
 * ``forward``: the forward-process tab's latent path at t = 50 and 100, PSNR of the decoded x_t to the photo.
+* ``upscale``: the Super-resolution tab's evaluate mode with its defaults (the photo downscaled ×4 with bicubic,
+  upscaled back), the diffusion result against bicubic and Lanczos, and the worst single image's gain.
 """
 from __future__ import annotations
 
@@ -41,6 +44,18 @@ def photo_sets(size: int = 256, data_dir: Path | None = None) -> dict[str, dict[
     except FileNotFoundError:
         print("[photos] no fetched data: held-out Debian photographs skipped", flush=True)
     return sets
+
+
+def world_set(n: int, seed: int = 2024, size: int = 128) -> dict[str, np.ndarray]:
+    """``n`` fresh world scenes, ``size``² uint8, named by their index."""
+    import random
+
+    from diffdemo.world.render import render_scenes, to_pil
+    from diffdemo.world.scene import sample_scene
+
+    rng = random.Random(seed)
+    images = to_pil(render_scenes([sample_scene(rng) for _ in range(n)], size))
+    return {f"scene{i:02d}": np.asarray(image) for i, image in enumerate(images)}
 
 
 def vae_round_trip(models, photos: dict) -> dict:
@@ -181,7 +196,22 @@ def forward_rows(models, photos: dict, times=(50, 100)) -> dict:
     return {t: {"median_db": float(np.median(list(v.values()))), "per_image": v} for t, v in per.items()}
 
 
-def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward"), bm3d=False) -> dict:
+def upscale_rows(models, photos: dict, scale: int = 4, seed: int = 0) -> dict:
+    from diffdemo.tasks import SuperResolutionRequest, super_resolve
+
+    per = []
+    for name, pixels in photos.items():
+        metrics = super_resolve(models, SuperResolutionRequest(image=pixels, scale=scale, seed=seed,
+                                                               evaluate=True)).metadata["metrics"]
+        per.append({"image": name, **{method: float(m["psnr"]) for method, m in metrics.items()}})
+    gains = [r["diffusion"] - r["bicubic"] for r in per]
+    return {"median": {k: round(float(np.median([r[k] for r in per])), 2) for k in ("diffusion", "bicubic", "lanczos")},
+            "gain_over_bicubic_db": round(float(np.median(gains)), 2), "worst_gain_db": round(min(gains), 2),
+            "rows": per}
+
+
+def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward", "upscale"),
+             bm3d=False) -> dict:
     results = {}
     for set_name, photos in sets.items():
         out = results.setdefault(set_name, {"images": sorted(photos)})
@@ -195,6 +225,8 @@ def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", 
             out["inpaint"] = inpaint_rows(models, photos)
         if "forward" in parts:
             out["forward"] = forward_rows(models, photos)
+        if "upscale" in parts and models.upscaler is not None:
+            out["upscale"] = upscale_rows(models, photos)
         print(set_name, json.dumps({k: _short(v) for k, v in out.items()}), flush=True)
     return results
 
@@ -223,13 +255,17 @@ def load_model_set(folder: Path):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a model-set folder holding model/ (and denoiser/, upscaler/)")
-    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward")
+    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward,upscale")
     parser.add_argument("--bm3d", action="store_true", help="also BM3D (pip install bm3d; slow: ~10 s an image)")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--world", type=int, default=0, help="also N fresh world scenes (128²)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     models = load_model_set(args.dir)
-    results = evaluate(models, photo_sets(args.size), tuple(args.parts.split(",")), args.bm3d)
+    sets = photo_sets(args.size)
+    if args.world:
+        sets["world"] = world_set(args.world)
+    results = evaluate(models, sets, tuple(args.parts.split(",")), args.bm3d)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

@@ -61,6 +61,7 @@ class TrainConfig:
     denoiser_batch: int = 64
     denoiser_crop: int = 0  # side of the training crops (0: image_size); the U-Net is fully convolutional
     denoiser_clipped: float = 0.0  # share of noisy inputs clipped to the 8-bit range, as an uploaded file is
+    denoiser_low_t_share: float = 0.5  # of each batch: t < T/4, where the noise of photos lies (σ = 100 is t ≈ 230)
     # the tiny VAE
     tiny_vae_steps: int = 4500
     tiny_vae_batch: int = 32

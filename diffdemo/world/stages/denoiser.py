@@ -1,6 +1,7 @@
 """Stage ``denoiser``: a pixel-space DDPM U-Net (ε-prediction) -> ``out/denoiser/{unet,scheduler}``.
 
-Half of each batch is drawn at t < T/4, where the noise of real photos lies (σ = 100/255 is t ≈ 230). With
+A share of each batch (``cfg.denoiser_low_t_share``, half by default) is drawn at t < T/4, where the noise of real
+photos lies (σ = 100/255 is t ≈ 230). With
 ``cfg.denoiser_clipped`` a share of the noisy inputs is what an uploaded noisy file holds: x + σ·ε clipped to the
 8-bit range and rounded, with the noise target ε' = (y − x)/σ that this leaves, so Tweedie's estimate stays
 right on such files. ``cfg.init_from`` fine-tunes ``init_from/denoiser``.
@@ -30,8 +31,8 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     def loss_fn(step):
         _, x = stream.batch(cfg.denoiser_batch)
         n = len(x)
-        t = torch.where(torch.rand(n, device=device) < 0.5, torch.randint(0, T // 4, (n,), device=device),
-                        torch.randint(0, T, (n,), device=device))
+        low = torch.rand(n, device=device) < cfg.denoiser_low_t_share
+        t = torch.where(low, torch.randint(0, T // 4, (n,), device=device), torch.randint(0, T, (n,), device=device))
         noise = torch.randn_like(x)
         noisy = schedule.add_noise(x, noise, t)
         if cfg.denoiser_clipped > 0:
