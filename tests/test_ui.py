@@ -171,3 +171,15 @@ def test_every_output_picture_gallery_and_file_is_not_interactive(live_app):
     offering = [props.get("label") for props in components
                 if props.get("label") not in UPLOAD_INPUTS and props.get("interactive") is not False]
     assert not offering, f"outputs that offer an upload: {offering}"
+
+
+@pytest.mark.parametrize("tab_input", ["Image", "Small image"])
+def test_denoising_and_super_resolution_offer_photographs_as_examples(live_app, tab_input):
+    """Beside the world scenes, both restoration tabs offer photographs (scikit-image's) a visitor can try at once."""
+    config = live_app.demo.config
+    ids = {c["id"]: c["props"].get("label") for c in config["components"]}
+    files = [str(sample[0].get("path", "")) if isinstance(sample[0], dict) else str(sample[0])
+             for c in config["components"] if c["type"] == "dataset"
+             and ids.get(c["props"]["component_ids"][0]) == tab_input for sample in c["props"]["samples"]]
+    photos = [f for f in files if any(name in f for name in ("chelsea", "coffee", "astronaut"))]
+    assert len(photos) >= 3, files

@@ -9,7 +9,7 @@ import pandas as pd
 from diffdemo.tasks import DENOISE_SAMPLERS, DenoiseRequest, NoiseSweepRequest, denoise, noise_sweep
 from diffdemo.tasks.denoise import MAX_SIGMA, MAX_STEPS
 from diffdemo.ui.runner import Runner, named, uploaded_path
-from diffdemo.world.examples import example_images
+from diffdemo.world.examples import example_images, noisy_copy, photo_examples
 
 EXPLANATION = """**σ** is the noise's standard deviation in pixel units (0–255); set it to 0 if your image is already
 noisy and σ will be estimated. **t** is the diffusion timestep whose noise level matches σ: the model starts its
@@ -97,12 +97,21 @@ def score_table(metrics: dict) -> str:
 
 
 def _add_examples(image, sigma, folder: Path) -> None:
-    """World images rendered now into ``folder``: clean ones at several σ and one already noisy (σ = 0)."""
+    """World images rendered now into ``folder``: clean ones at several σ and one already noisy (σ = 0); then
+    photographs the model never saw, clean at σ 25 and 50 and one already noisy."""
     folder.mkdir(parents=True, exist_ok=True)
-    examples = []
+    world = []
     for i, (picture, level) in enumerate(example_images()):
         path = folder / f"example-{i}.png"
         picture.save(path)
-        examples.append([str(path), level])
-    gr.Examples(examples, inputs=[image, sigma], label="World images (the last one is already noisy: σ = 0 "
-                                                       "estimates its noise)")
+        world.append([str(path), level])
+    gr.Examples(world, inputs=[image, sigma], label="World images (the last one is already noisy: σ = 0 "
+                                                    "estimates its noise)")
+    photos = photo_examples()
+    pictures = {"chelsea": (photos["chelsea"], 25), "coffee": (photos["coffee"], 50),
+                "astronaut-noisy": (noisy_copy(photos["astronaut"], 25), 0)}
+    for name, (picture, _) in pictures.items():
+        picture.save(folder / f"{name}.png")
+    gr.Examples([[str(folder / f"{name}.png"), level] for name, (_, level) in pictures.items()],
+                inputs=[image, sigma], label="Photographs (scikit-image's, never trained on; the last one is "
+                                             "already noisy)")

@@ -1,11 +1,15 @@
 """The super-resolution tab: a small image ×2/×4 -> diffusion result beside bicubic and Lanczos, PSNR/SSIM."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
+from PIL import Image
 
 from diffdemo.tasks import SuperResolutionRequest, super_resolve
 from diffdemo.tasks.super_resolution import MAX_SAMPLES, MAX_STEPS
 from diffdemo.ui.runner import Runner, named, uploaded_path
+from diffdemo.world.examples import example_images, photo_examples
 
 EXPLANATION = """The **diffusion** result comes from the model set's dedicated ×4 upscaler (×2 = ×4 then Lanczos ÷2),
 or, without one, from the base model re-generating a Lanczos upscale at low strength. Large images are processed in
@@ -45,6 +49,7 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
             with gr.Row():
                 run_button = gr.Button("Upscale", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
+            _add_examples(image, scale, evaluate, Path(runner.output_dir) / "super-resolution-examples")
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
@@ -60,6 +65,20 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
     event.success(score_table, metrics, table, api_visibility="private", queue=False)
     stop.click(runner.stop, None, None, cancels=[event], api_visibility="private", queue=False)
     return {"image": image}
+
+
+def _add_examples(image, scale, evaluate, folder: Path) -> None:
+    """Evaluate-mode examples (the picture is the original: it is shrunk, then upscaled back and scored): two
+    photographs the model never saw (256²) and a world scene (128²); and a 64² photo to upscale as it is."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = photo_examples()
+    pictures = {"chelsea": photos["chelsea"], "coffee": photos["coffee"], "world": example_images()[0][0],
+                "astronaut-64": photos["astronaut"].resize((64, 64), Image.Resampling.BICUBIC)}
+    for name, picture in pictures.items():
+        picture.save(folder / f"{name}.png")
+    rows = [[str(folder / f"{name}.png"), 4, name != "astronaut-64"] for name in pictures]
+    gr.Examples(rows, inputs=[image, scale, evaluate], label="Examples (photographs from scikit-image, never "
+                                                            "trained on; a world scene)")
 
 
 def super_resolve_handler(runner: Runner):
