@@ -23,7 +23,7 @@ def test_upscale_rows_score_the_tabs_default_against_bicubic_and_lanczos(embedde
 
 
 def test_denoise_rows_compare_the_diffusion_result_with_tuned_classical_methods(embedded_models):
-    result = denoise_rows(embedded_models, world_set(2), sigmas=(50,))["50"]
+    result = denoise_rows(embedded_models, world_set(2, size=64), sigmas=(50,))["50"]
     assert len(result["rows"]) == 2
     assert {"noisy", "denoised", "x0_hat", "nl_means", "tv"} <= set(result["median"])
     assert result["median"]["denoised"] > result["median"]["noisy"] + 10
