@@ -179,9 +179,8 @@ def test_denoise_an_example_in_the_browser(page):
     panel.get_by_role("button", name="Denoise", exact=True).click()
     sync_api.expect(panel.get_by_text("Denoised (diffusion)").last).to_be_visible(timeout=TIMEOUT_MS)
     sync_api.expect(panel.locator("table").filter(has_text="PSNR")).to_be_visible(timeout=TIMEOUT_MS)
-    images = panel.locator("img").filter(visible=True)  # the input, then noisy, x̂₀, denoised and classical
-    images.nth(4).wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert all(wait_for_image(images.nth(i)) == 128 for i in range(5))
+    outputs = ("noisy", "x0-hat", "denoised", "classical")
+    assert [wait_for_image(page.locator(f"#denoise-{name} img")) for name in outputs] == [128] * 4
     assert_no_error(page)
 
 
@@ -197,9 +196,8 @@ def test_upscale_an_upload_in_the_browser(page, tmp_path):
     panel.get_by_label("2", exact=True).check()
     panel.get_by_role("button", name="Upscale", exact=True).click()
     sync_api.expect(panel.get_by_text("32x32 → 64x64", exact=False)).to_be_visible(timeout=TIMEOUT_MS)
-    outputs = panel.locator("img").filter(visible=True)  # the upload, then diffusion, bicubic and Lanczos
-    outputs.nth(3).wait_for(state="visible", timeout=TIMEOUT_MS)
-    assert [wait_for_image(outputs.nth(i)) for i in range(4)] == [32, 64, 64, 64]
+    outputs = [page.locator(f"#super-resolution-{name} img") for name in ("diffusion", "bicubic", "lanczos")]
+    assert [wait_for_image(image) for image in outputs] == [64, 64, 64]
     assert_no_error(page)
 
 

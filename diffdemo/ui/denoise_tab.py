@@ -42,8 +42,10 @@ def build_denoise_tab(runner: Runner, gpu_group: str) -> dict:
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
-                outputs = [gr.Image(label=label, format="png", type="filepath", interactive=False)
-                           for label in ("Noisy", "x̂₀ at t (one step)", "Denoised (diffusion)", "Classical")]
+                outputs = [gr.Image(label=label, format="png", type="filepath", interactive=False,
+                                    elem_id=f"denoise-{name}")
+                           for name, label in (("noisy", "Noisy"), ("x0-hat", "x̂₀ at t (one step)"),
+                                               ("denoised", "Denoised (diffusion)"), ("classical", "Classical"))]
             table = gr.Markdown()
             plot = gr.LinePlot(x="sigma", y="psnr", color="method", x_title="noise σ", y_title="PSNR (dB)",
                                label="PSNR vs noise level", height=260)

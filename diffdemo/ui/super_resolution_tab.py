@@ -53,8 +53,8 @@ def build_super_resolution_tab(runner: Runner, gpu_group: str) -> dict:
             gr.Markdown(EXPLANATION)
         with gr.Column(scale=2):
             with gr.Row():
-                outputs = [gr.Image(label=label, format="png", type="filepath", interactive=False)
-                           for label in LABELS.values()]
+                outputs = [gr.Image(label=label, format="png", type="filepath", interactive=False,
+                                    elem_id=f"super-resolution-{name}") for name, label in LABELS.items()]
             table = gr.Markdown()
             with gr.Accordion("Metrics and settings (also stored in each PNG)", open=False):
                 metrics = gr.JSON(label="Metrics")
