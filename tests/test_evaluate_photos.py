@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffdemo.world.evaluate_photos import denoise_rows, upscale_rows, world_set
+from diffdemo.world.evaluate_photos import clipped_rows, denoise_rows, upscale_rows, world_set
 
 
 def test_world_set_is_fresh_scenes_drawn_the_same_way_each_time():
@@ -30,3 +30,11 @@ def test_denoise_rows_compare_the_diffusion_result_with_tuned_classical_methods(
     best = [max(r["nl_means"], r["tv"]) for r in result["rows"]]
     assert result["gain_over_best_classical_db"] == round(float(np.median(
         [r["denoised"] - b for r, b in zip(result["rows"], best)])), 2)
+
+
+def test_clipped_rows_give_every_method_the_estimated_sigma(embedded_models):
+    result = clipped_rows(embedded_models, world_set(2, size=64), sigma=25)
+    assert len(result["rows"]) == 2
+    assert all(10 < r["estimated_sigma"] < 40 for r in result["rows"])
+    assert {"noisy", "denoised", "x0_hat", "nl_means", "tv"} <= set(result["median"])
+    assert result["median"]["nl_means"] > result["median"]["noisy"]

@@ -117,7 +117,6 @@ def denoise_rows(models, photos: dict, sigmas=(25, 50), seeds=(0,), with_bm3d: b
 def clipped_rows(models, photos: dict, sigma: float = 25, seeds=(0,)) -> dict:
     """An already-noisy 8-bit upload (σ = 0 in the request: the task estimates σ); scored against the clean photo."""
     import torch
-    from skimage.restoration import denoise_nl_means, denoise_tv_chambolle
 
     from diffdemo.tasks import DenoiseRequest, denoise
     from diffdemo.tasks.denoise import add_noise, to_uint8
@@ -129,14 +128,9 @@ def clipped_rows(models, photos: dict, sigma: float = 25, seeds=(0,)) -> dict:
             result = denoise(models, DenoiseRequest(image=noisy, sigma=0, seed=seed))
             estimated = result.metadata["sigma"]
             _, x0_hat, denoised, _ = (np.asarray(im) for im in result.images)
-            y, s = noisy / 255.0, estimated / 255.0
-            nlm = max(psnr(clean, np.clip(denoise_nl_means(y, h=h * s, sigma=s, fast_mode=True, patch_size=7,
-                                                           patch_distance=9, channel_axis=-1), 0, 1) * 255)
-                      for h in NLM_H)
-            tv = max(psnr(clean, np.clip(denoise_tv_chambolle(y, weight=w * s, channel_axis=-1), 0, 1) * 255)
-                     for w in TV_WEIGHTS)
             per.append({"image": name, "seed": seed, "estimated_sigma": estimated, "noisy": psnr(clean, noisy),
-                        "denoised": psnr(clean, denoised), "x0_hat": psnr(clean, x0_hat), "nl_means": nlm, "tv": tv})
+                        "denoised": psnr(clean, denoised), "x0_hat": psnr(clean, x0_hat),
+                        **tuned_classical(clean, noisy, estimated)})
     return summarise(per)
 
 

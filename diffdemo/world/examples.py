@@ -20,10 +20,8 @@ from diffdemo.world.scene import sample_scene
 def example_images(seeds=(3, 11, 21, 40), sigmas=(50, 25, 75, 0), noise: float = 30.0) -> list:
     """``(PIL image, σ to try)`` pairs of 128² world scenes; those paired with σ = 0 carry baked-in noise ``noise``."""
     pictures = to_pil(render_scenes([sample_scene(random.Random(seed)) for seed in seeds], 128))
-    examples = []
-    for seed, picture, sigma in zip(seeds, pictures, sigmas):
-        examples.append((noisy_copy(picture, noise, seed) if sigma == 0 else picture, sigma))
-    return examples
+    return [(noisy_copy(picture, noise, seed) if sigma == 0 else picture, sigma)
+            for seed, picture, sigma in zip(seeds, pictures, sigmas)]
 
 
 def photo_examples(size: int = 256) -> dict[str, Image.Image]:

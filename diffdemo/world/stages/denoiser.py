@@ -1,10 +1,9 @@
 """Stage ``denoiser``: a pixel-space DDPM U-Net (ε-prediction) -> ``out/denoiser/{unet,scheduler}``.
 
 A share of each batch (``cfg.denoiser_low_t_share``, half by default) is drawn at t < T/4, where the noise of real
-photos lies (σ = 100/255 is t ≈ 230). With
-``cfg.denoiser_clipped`` a share of the noisy inputs is what an uploaded noisy file holds: x + σ·ε clipped to the
-8-bit range and rounded, with the noise target ε' = (y − x)/σ that this leaves, so Tweedie's estimate stays
-right on such files. ``cfg.init_from`` fine-tunes ``init_from/denoiser``.
+photos lies (σ = 100/255 is t ≈ 230). With ``cfg.denoiser_clipped`` a share of the noisy inputs is what an uploaded
+noisy file holds: x + σ·ε clipped to the 8-bit range and rounded, with the noise target ε' = (y − x)/σ that this
+leaves, so Tweedie's estimate stays right on such files. ``cfg.init_from`` fine-tunes ``init_from/denoiser``.
 """
 from __future__ import annotations
 
