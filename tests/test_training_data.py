@@ -109,6 +109,23 @@ def test_fine_tuning_starts_from_the_given_model_set(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_an_upscaler_fine_tune_keeps_the_latent_space_it_starts_from(tmp_path):
+    """``--init-from`` on the upscaler stage: the autoencoder (trained on smaller crops here) is not rescaled, so at
+    learning rate 0 both its weights and the U-Net's come out as they went in."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--stages", "upscaler", "--device", "cpu"]
+    train.main([*common, "--out", str(tmp_path / "first")])
+    train.main([*common, "--out", str(tmp_path / "tuned"), "--init-from", str(tmp_path / "first"), "--lr", "0",
+                "--vae-lr", "0", "--upscaler-vae-steps", "1", "--upscaler-steps", "1", "--upscaler-vae-crop", "32"])
+    for part in ("vae", "unet"):
+        before, after = (load_file(tmp_path / run / "upscaler" / part / "diffusion_pytorch_model.safetensors")
+                         for run in ("first", "tuned"))
+        assert all(torch.equal(before[k], after[k]) for k in before), part
+    log = json.loads((tmp_path / "tuned" / "logs" / "upscaler.json").read_text())
+    assert "latent_std_rescaled_from" not in log["log"]["vae"] and log["log"]["vae"]["steps"] == 1
+
+
 def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
     from diffdemo.world.stages.denoiser import clip_some
 

@@ -2,10 +2,14 @@
 
 diffusers' upscale pipeline insists on ``scaling_factor`` 0.08333, so the autoencoder's latents are rescaled to
 give unit variance at that factor. The U-Net sees the low-res image with noise augmentation (``class_labels`` =
-noise level), mostly at the small levels inference uses. ``cfg.init_from`` fine-tunes ``init_from/upscaler``.
+noise level), mostly at the small levels inference uses. ``cfg.init_from`` fine-tunes ``init_from/upscaler``: as in
+the ``vae`` stage, a frozen copy of the starting autoencoder anchors the world scenes' latents (``cfg.vae_anchor``)
+while photo and art crops train it freely, and the latent space keeps its scale, so the U-Net starts from what it
+knows.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -27,12 +31,16 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     else:
         vae = models.upscaler_vae(cfg.preset, cfg.image_size).to(device)
         unet = models.upscaler_unet(cfg.preset, low, models._WIDTHS[cfg.preset]["text"]).to(device)
+    teacher = copy.deepcopy(vae).eval().requires_grad_(False) if init and cfg.vae_anchor > 0 else None
     vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
-                                out / "checkpoints" / "upscaler_vae.pt")
+                                out / "checkpoints" / "upscaler_vae.pt", teacher=teacher, crop=cfg.upscaler_vae_crop)
     std = _scaled_latent_std(vae, ImageStream(cfg, cfg.seed + 8, cfg.image_size, device))
-    rescale_latent_space(vae, 1.0 / std)  # unit variance at the pipeline's fixed scaling factor
-    vae.register_to_config(scaling_factor=models.UPSCALER_SCALING_FACTOR)
-    vae_log["latent_std_rescaled_from"] = std
+    if teacher is None:
+        rescale_latent_space(vae, 1.0 / std)  # unit variance at the pipeline's fixed scaling factor
+        vae.register_to_config(scaling_factor=models.UPSCALER_SCALING_FACTOR)
+        vae_log["latent_std_rescaled_from"] = std
+    else:
+        vae_log["latent_std_scaled"] = std
     vae.requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     low_res_schedule = DDPMScheduler(**models.UPSCALER_NOISE_SCHEDULE)

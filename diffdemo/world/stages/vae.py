@@ -35,11 +35,12 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
 
 
 def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device, checkpoint: Path | None = None,
-                      teacher=None) -> dict:
-    """Trains ``vae`` on :class:`ImageStream` batches; with ``teacher``, world scenes keep the teacher's latents.
+                      teacher=None, crop: int = 0) -> dict:
+    """Trains ``vae`` on :class:`ImageStream` batches of ``crop``² images (0: ``cfg.image_size``); with ``teacher``,
+    world scenes keep the teacher's latents.
 
     Returns the log with the median reconstruction PSNR and latent std of 256 fresh world scenes."""
-    stream = ImageStream(cfg, seed, cfg.image_size, device)
+    stream = ImageStream(cfg, seed, crop or cfg.image_size, device)
 
     def loss_fn(step):
         kinds, x = stream.batch(cfg.vae_batch)
