@@ -16,6 +16,9 @@ goes through the app's own tasks with their defaults; reported numbers are media
 * ``forward``: the forward-process tab's latent path at t = 50 and 100, PSNR of the decoded x_t to the photo.
 * ``upscale``: the Super-resolution tab's evaluate mode with its defaults (the photo downscaled ×4 with bicubic,
   upscaled back), the diffusion result against bicubic and Lanczos, and the worst single image's gain.
+* ``upscaler_vae``: the ceiling the upscaler's own 4× autoencoder sets: the true high-res image's latents decoded
+  (what a perfect U-Net would sample) and back-projected onto the bicubic low-res image as the tab does, against
+  bicubic. When ``upscale`` is near this, the autoencoder, not the U-Net, is what limits the result.
 """
 from __future__ import annotations
 
@@ -204,6 +207,30 @@ def upscale_rows(models, photos: dict, scale: int = 4, seed: int = 0) -> dict:
             "rows": per}
 
 
+def upscaler_vae_rows(models, photos: dict, scale: int = 4) -> dict:
+    import torch
+    from PIL import Image
+
+    from diffdemo.engine.images import pil_to_tensor
+    from diffdemo.tasks.super_resolution import back_project_tensor, resize, to_uint8
+
+    vae, per = models.upscaler.vae, []
+    for name, pixels in photos.items():
+        height, width = pixels.shape[:2]
+        low = resize(pixels, (width // scale, height // scale), Image.BICUBIC)
+        high = pil_to_tensor(Image.fromarray(pixels)).to(models.device, vae.dtype)
+        with torch.inference_mode():
+            decoded = vae.decode(vae.encode(high).latent_dist.mode()).sample.float().clamp(-1, 1)
+            projected = back_project_tensor(decoded, pil_to_tensor(Image.fromarray(low)).to(models.device))
+        per.append({"image": name, "round_trip": psnr(pixels, to_uint8(decoded.cpu())),
+                    "back_projected": psnr(pixels, to_uint8(projected.cpu())),
+                    "bicubic": psnr(pixels, resize(low, (width, height), Image.BICUBIC))})
+    return {"median": {k: round(float(np.median([r[k] for r in per])), 2)
+                       for k in ("round_trip", "back_projected", "bicubic")},
+            "ceiling_gain_over_bicubic_db": round(float(np.median([r["back_projected"] - r["bicubic"] for r in per])),
+                                                  2), "rows": per}
+
+
 def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward", "upscale"),
              bm3d=False) -> dict:
     results = {}
@@ -221,6 +248,8 @@ def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", 
             out["forward"] = forward_rows(models, photos)
         if "upscale" in parts and models.upscaler is not None:
             out["upscale"] = upscale_rows(models, photos)
+        if "upscaler_vae" in parts and models.upscaler is not None:
+            out["upscaler_vae"] = upscaler_vae_rows(models, photos)
         print(set_name, json.dumps({k: _short(v) for k, v in out.items()}), flush=True)
     return results
 
@@ -249,7 +278,8 @@ def load_model_set(folder: Path):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a model-set folder holding model/ (and denoiser/, upscaler/)")
-    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward,upscale")
+    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward,upscale",
+                        help="comma-separated; upscaler_vae (the upscaler autoencoder's ceiling) on request")
     parser.add_argument("--bm3d", action="store_true", help="also BM3D (pip install bm3d; slow: ~10 s an image)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--world", type=int, default=0, help="also N fresh world scenes (128²)")
