@@ -1,6 +1,6 @@
 """Stage ``upscaler``: a 4× autoencoder, then the x4-upscaler-layout U-Net on its latents -> ``out/upscaler``.
 
-diffusers' upscale pipeline insists on ``scaling_factor`` 0.08333, so the autoencoder's latents are rescaled to
+diffusers' upscale pipeline insists on ``scaling_factor`` 0.08333, so a new autoencoder's latents are rescaled to
 give unit variance at that factor. The U-Net sees the low-res image with noise augmentation (``class_labels`` =
 noise level), mostly at the small levels inference uses. ``cfg.init_from`` fine-tunes ``init_from/upscaler``: as in
 the ``vae`` stage, a frozen copy of the starting autoencoder anchors the world scenes' latents (``cfg.vae_anchor``)
