@@ -44,9 +44,11 @@ def vae(preset: str, size: int) -> AutoencoderKL:
     return _autoencoder(w["vae"], w["layers"], w["groups"], size)
 
 
-def upscaler_vae(preset: str, size: int) -> AutoencoderKL:
+def upscaler_vae(preset: str, size: int, latent_channels: int = 4) -> AutoencoderKL:
+    """The upscaler's 4× autoencoder. Stable Diffusion's x4 upscaler has 4 latent channels; at our width that
+    caps how much fine detail a latent can carry, so the shipped one has more (see docs/MODEL_CARD.md)."""
     w = _WIDTHS[preset]
-    return _autoencoder(w["up_vae"], w["layers"], w["groups"], size)
+    return _autoencoder(w["up_vae"], w["layers"], w["groups"], size, latent_channels)
 
 
 def tiny_vae(preset: str, levels: int = 4) -> AutoencoderTiny:
@@ -62,9 +64,9 @@ def tiny_vae(preset: str, levels: int = 4) -> AutoencoderTiny:
                            num_decoder_blocks=(2, 2) + (0,) * (levels - 2))
 
 
-def _autoencoder(widths, layers, groups, size) -> AutoencoderKL:
+def _autoencoder(widths, layers, groups, size, latent_channels: int = 4) -> AutoencoderKL:
     n = len(widths)
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=widths,
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=widths,
                          down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                          layers_per_block=layers, norm_num_groups=groups, sample_size=size)
 
@@ -79,13 +81,15 @@ def unet(preset: str, latent_size: int, cross_attention_dim: int) -> UNet2DCondi
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 
 
-def upscaler_unet(preset: str, latent_size: int, cross_attention_dim: int) -> UNet2DConditionModel:
-    """x4-upscaler layout: input = 4 latent + 3 low-res image channels; ``class_labels`` = noise level."""
+def upscaler_unet(preset: str, latent_size: int, cross_attention_dim: int,
+                  latent_channels: int = 4) -> UNet2DConditionModel:
+    """x4-upscaler layout: input = latent + 3 low-res image channels; ``class_labels`` = noise level."""
     w = _WIDTHS[preset]
     n = len(w["up_unet"])
     return UNet2DConditionModel(
-        sample_size=latent_size, in_channels=7, out_channels=4, block_out_channels=w["up_unet"],
-        layers_per_block=w["layers"], norm_num_groups=w["groups"], cross_attention_dim=cross_attention_dim,
+        sample_size=latent_size, in_channels=latent_channels + 3, out_channels=latent_channels,
+        block_out_channels=w["up_unet"], layers_per_block=w["layers"], norm_num_groups=w["groups"],
+        cross_attention_dim=cross_attention_dim,
         down_block_types=("DownBlock2D",) * n, up_block_types=("UpBlock2D",) * n, mid_block_type="UNetMidBlock2D",
         num_class_embeds=1000)
 

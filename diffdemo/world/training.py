@@ -47,6 +47,7 @@ class TrainConfig:
     unet_photo_pool: int = 0  # photo and art crops encoded once beside them (captioned "a photo" / "a picture")
     # the x4 upscaler
     upscaler_vae_steps: int = 3756
+    upscaler_latent_channels: int = 4  # of a new 4× autoencoder (a fine-tune keeps its own)
     upscaler_vae_crop: int = 0  # side of its training crops (0: image_size); 64 is 7× cheaper a step on a CPU
     upscaler_steps: int = 6456
     upscaler_batch: int = 64
