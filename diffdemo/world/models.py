@@ -45,8 +45,7 @@ def vae(preset: str, size: int) -> AutoencoderKL:
 
 
 def upscaler_vae(preset: str, size: int, latent_channels: int = 4) -> AutoencoderKL:
-    """The upscaler's 4× autoencoder. Stable Diffusion's x4 upscaler has 4 latent channels; at our width that
-    caps how much fine detail a latent can carry, so the shipped one has more (see docs/MODEL_CARD.md)."""
+    """The upscaler's 4× autoencoder; 4 latent channels as in Stable Diffusion's x4 upscaler unless asked."""
     w = _WIDTHS[preset]
     return _autoencoder(w["up_vae"], w["layers"], w["groups"], size, latent_channels)
 

@@ -5,9 +5,7 @@ give unit variance at that factor. The U-Net sees the low-res image with noise a
 noise level), mostly at the small levels inference uses. ``cfg.init_from`` fine-tunes ``init_from/upscaler``: as in
 the ``vae`` stage, a frozen copy of the starting autoencoder anchors the world scenes' latents (``cfg.vae_anchor``)
 while photo and art crops train it freely, and the latent space keeps its scale, so the U-Net starts from what it
-knows. If ``cfg.upscaler_latent_channels`` asks for more latent channels than the starting autoencoder has, both
-models are first widened (:func:`widen_latents`) so that they compute exactly what they did; the new channels then
-learn the detail the old ones could not carry, and are scaled to the old ones' spread.
+knows.
 """
 from __future__ import annotations
 
@@ -35,9 +33,6 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
         vae = models.upscaler_vae(cfg.preset, cfg.image_size, channels).to(device)
         unet = models.upscaler_unet(cfg.preset, low, models._WIDTHS[cfg.preset]["text"], channels).to(device)
     teacher = copy.deepcopy(vae).eval().requires_grad_(False) if init and cfg.vae_anchor > 0 else None
-    old_channels = vae.config.latent_channels
-    if init is not None and cfg.upscaler_latent_channels > old_channels:
-        vae, unet = widen_latents(vae, unet, cfg.upscaler_latent_channels)
     vae_log = train_autoencoder(vae, cfg, cfg.upscaler_vae_steps, cfg.seed + 3, device,
                                 out / "checkpoints" / "upscaler_vae.pt", teacher=teacher, crop=cfg.upscaler_vae_crop)
     std = _scaled_latent_std(vae, ImageStream(cfg, cfg.seed + 8, cfg.image_size, device))
@@ -47,12 +42,6 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
         vae_log["latent_std_rescaled_from"] = std
     else:
         vae_log["latent_std_scaled"] = std
-        if vae.config.latent_channels > old_channels:
-            spread = _channel_std(vae, ImageStream(cfg, cfg.seed + 8, cfg.image_size, device))
-            factor = torch.ones_like(spread)
-            factor[old_channels:] = spread[:old_channels].mean() / spread[old_channels:]
-            rescale_latent_space(vae, factor)
-            vae_log["new_channels_rescaled_by"] = [round(f, 4) for f in factor[old_channels:].tolist()]
     vae.requires_grad_(False)
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     low_res_schedule = DDPMScheduler(**models.UPSCALER_NOISE_SCHEDULE)
@@ -81,65 +70,6 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     models.latent_scheduler().save_pretrained(folder / "scheduler")
     low_res_schedule.save_pretrained(folder / "low_res_scheduler")
     return {"vae": vae_log, "unet": log}
-
-
-def widen_latents(vae, unet, channels: int):
-    """Copies of ``vae`` and the upscaler ``unet`` with ``channels`` latent channels that compute what they did:
-    the decoder and the U-Net give the new latent channels zero weight, and the U-Net predicts zero for them, so
-    only training makes them matter. The encoder's new channels start as its default initialisation."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    c = vae.config.latent_channels
-    wide_vae = AutoencoderKL.from_config({**vae.config, "latent_channels": channels}).to(vae.device)
-    old, new = vae.state_dict(), wide_vae.state_dict()
-    kept = list(range(c)) + list(range(channels, channels + c))  # [means; log-variances]: where the old ones go
-    eye = torch.eye(2 * channels)[..., None, None]
-    with torch.no_grad():
-        new["encoder.conv_out.weight"][kept] = old["encoder.conv_out.weight"]
-        new["encoder.conv_out.weight"][channels + c:] = 0
-        new["encoder.conv_out.bias"][kept] = old["encoder.conv_out.bias"]
-        new["encoder.conv_out.bias"][channels + c:] = -10.0  # new log-variances: almost no sampling noise
-        new["quant_conv.weight"].copy_(eye)  # new channels pass through
-        new["quant_conv.weight"][torch.tensor(kept)[:, None], torch.tensor(kept)] = old["quant_conv.weight"]
-        new["quant_conv.bias"].zero_()
-        new["quant_conv.bias"][kept] = old["quant_conv.bias"]
-        new["post_quant_conv.weight"].copy_(eye[:channels, :channels])
-        new["post_quant_conv.weight"][:c, :c] = old["post_quant_conv.weight"]
-        new["post_quant_conv.bias"].zero_()
-        new["post_quant_conv.bias"][:c] = old["post_quant_conv.bias"]
-        new["decoder.conv_in.weight"].zero_()  # the decoder ignores the new channels until trained
-        new["decoder.conv_in.weight"][:, :c] = old["decoder.conv_in.weight"]
-        widened = {"encoder.conv_out.weight", "encoder.conv_out.bias", "quant_conv.weight", "quant_conv.bias",
-                   "post_quant_conv.weight", "post_quant_conv.bias", "decoder.conv_in.weight"}
-        for name, value in old.items():
-            if name not in widened:
-                new[name].copy_(value)
-    wide_vae.load_state_dict(new)
-    wide_unet = UNet2DConditionModel.from_config(
-        {**unet.config, "in_channels": channels + 3, "out_channels": channels}).to(vae.device)
-    old, new = unet.state_dict(), wide_unet.state_dict()
-    with torch.no_grad():
-        for name, value in old.items():
-            target = new[name]
-            if name == "conv_in.weight":  # inputs: latents, then the 3 low-res image channels
-                target.zero_()
-                target[:, :c] = value[:, :c]
-                target[:, channels:] = value[:, c:]
-            elif name.startswith("conv_out"):
-                target.zero_()
-                target[:c] = value
-            else:
-                target.copy_(value)
-    wide_unet.load_state_dict(new)
-    return wide_vae, wide_unet
-
-
-def _channel_std(vae, stream: ImageStream, n: int = 256) -> torch.Tensor:
-    """Each latent channel's std over ``n`` training images."""
-    _, x = stream.batch(n)
-    with torch.no_grad():
-        z = torch.cat([vae.encode(c).latent_dist.sample() for c in x.split(64)])
-    return z.transpose(0, 1).flatten(1).std(1)
 
 
 def _scaled_latent_std(vae, stream: ImageStream, n: int = 256) -> float:

@@ -9,6 +9,7 @@ halves freely. ``scaling_factor`` then stays as it was.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -50,10 +51,9 @@ def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device, chec
             with torch.no_grad():
                 target = teacher.encode(x[world]).latent_dist
                 z_teacher = target.sample()
-            c = teacher.config.latent_channels  # a widened student's first c channels are the teacher's
-            anchor = F.mse_loss(posterior.mean[world][:, :c], target.mean)
+            anchor = F.mse_loss(posterior.mean[world], target.mean)
             z = z.clone()
-            z[world, :c] = z_teacher.to(z.dtype)  # the decoder learns to draw world scenes from the teacher's latents
+            z[world] = z_teacher.to(z.dtype)  # the decoder learns to draw world scenes from the teacher's latents
         recon = vae.decode(z).sample.float()
         return (F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
                 + cfg.vae_anchor * anchor)
@@ -74,14 +74,11 @@ def world_reconstruction(vae, stream: WorldStream, n: int = 256) -> dict:
     return {"latent_std": latents.std().item(), "psnr_db": (-10 * torch.log10(mse)).median().item()}
 
 
-def rescale_latent_space(vae, factor) -> None:
-    """Multiplies the VAE's latents by ``factor`` (a number, or one per channel) without changing what it
-    reconstructs."""
+def rescale_latent_space(vae, factor: float) -> None:
+    """Multiplies the VAE's latents by ``factor`` without changing what it reconstructs."""
     with torch.no_grad():
         c = vae.config.latent_channels
-        f = torch.as_tensor(factor, dtype=vae.quant_conv.weight.dtype, device=vae.quant_conv.weight.device)
-        f = f.expand(c)
-        vae.quant_conv.weight[:c] *= f[:, None, None, None]  # mean channels; the next c are log-variance
-        vae.quant_conv.bias[:c] *= f
-        vae.quant_conv.bias[c:] += 2 * torch.log(f)
-        vae.post_quant_conv.weight /= f[None, :, None, None]
+        vae.quant_conv.weight[:c] *= factor  # mean channels; the next c are log-variance
+        vae.quant_conv.bias[:c] *= factor
+        vae.quant_conv.bias[c:] += 2 * math.log(factor)
+        vae.post_quant_conv.weight *= 1 / factor
