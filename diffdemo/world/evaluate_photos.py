@@ -19,6 +19,9 @@ goes through the app's own tasks with their defaults; reported numbers are media
 * ``upscaler_vae``: the ceiling the upscaler's own 4× autoencoder sets: the true high-res image's latents decoded
   (what a perfect U-Net would sample) and back-projected onto the bicubic low-res image as the tab does, against
   bicubic. When ``upscale`` is near this, the autoencoder, not the U-Net, is what limits the result.
+* ``linear_code``: the same ceiling for a plain linear code with as many numbers per 4×4 pixel block as the
+  autoencoder has latent channels, and with 16: the principal components of 4×4×3 blocks of training photographs
+  (never the evaluated ones). What an autoencoder of that latent width should at least reach.
 """
 from __future__ import annotations
 
@@ -231,9 +234,64 @@ def upscaler_vae_rows(models, photos: dict, scale: int = 4) -> dict:
                                                   2), "rows": per}
 
 
+def patch_code(images, channels: int, block: int = 4):
+    """The ``channels`` principal components of the ``block``×``block``×3 pixel blocks of ``images`` (``N×3×H×W``
+    in [-1, 1]): a linear encoder/decoder pair ``(mean, basis)``, ``basis`` ``(3·block², channels)``."""
+    import torch
+
+    blocks = torch.nn.functional.unfold(images.float(), block, stride=block).transpose(1, 2).flatten(0, 1)
+    mean = blocks.mean(0)
+    _, _, vectors = torch.linalg.svd(blocks - mean, full_matrices=False)
+    return mean, vectors[:channels].T
+
+
+def linear_code_rows(photos: dict, codes: dict, scale: int = 4) -> dict:
+    """For each ``codes[name] = (mean, basis)``: the photos' round trip through the linear code and its
+    back-projection onto the bicubic low-res image (as ``upscaler_vae_rows``), and the gain over bicubic."""
+    import torch
+    from PIL import Image
+
+    from diffdemo.engine.images import pil_to_tensor
+    from diffdemo.tasks.super_resolution import back_project_tensor, resize, to_uint8
+
+    result = {}
+    for code, (mean, basis) in codes.items():
+        per = []
+        for name, pixels in photos.items():
+            height, width = pixels.shape[:2]
+            low = resize(pixels, (width // scale, height // scale), Image.BICUBIC)
+            high = pil_to_tensor(Image.fromarray(pixels))
+            blocks = torch.nn.functional.unfold(high, 4, stride=4).transpose(1, 2) - mean
+            decoded = torch.nn.functional.fold(((blocks @ basis @ basis.T) + mean).transpose(1, 2), (height, width),
+                                               4, stride=4).clamp(-1, 1)
+            projected = back_project_tensor(decoded, pil_to_tensor(Image.fromarray(low)))
+            per.append({"image": name, "round_trip": psnr(pixels, to_uint8(decoded)),
+                        "back_projected": psnr(pixels, to_uint8(projected)),
+                        "bicubic": psnr(pixels, resize(low, (width, height), Image.BICUBIC))})
+        result[code] = {"median": {k: round(float(np.median([r[k] for r in per])), 2)
+                                   for k in ("round_trip", "back_projected", "bicubic")},
+                        "ceiling_gain_over_bicubic_db": round(float(np.median(
+                            [r["back_projected"] - r["bicubic"] for r in per])), 2), "rows": per}
+    return result
+
+
+def training_patch_codes(channel_counts, n: int = 256, data_dir: Path | None = None) -> dict:
+    """:func:`patch_code` of ``n`` random 64² crops of the training photographs, per channel count."""
+    import torch
+
+    from diffdemo.world.training import ImageStream, TrainConfig
+
+    cfg = TrainConfig(photo_share=1.0, data_dir=str(data_dir or ""))
+    _, crops = ImageStream(cfg, 5, 64, torch.device("cpu")).batch(n)
+    return {f"{c}_channels": patch_code(crops, c) for c in sorted(set(channel_counts))}
+
+
 def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward", "upscale"),
              bm3d=False) -> dict:
     results = {}
+    codes = {}
+    if "linear_code" in parts and models.upscaler is not None:
+        codes = training_patch_codes((models.upscaler.vae.config.latent_channels, 16))
     for set_name, photos in sets.items():
         out = results.setdefault(set_name, {"images": sorted(photos)})
         if "vae" in parts:
@@ -250,6 +308,8 @@ def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", 
             out["upscale"] = upscale_rows(models, photos)
         if "upscaler_vae" in parts and models.upscaler is not None:
             out["upscaler_vae"] = upscaler_vae_rows(models, photos)
+        if codes:
+            out["linear_code"] = linear_code_rows(photos, codes)
         print(set_name, json.dumps({k: _short(v) for k, v in out.items()}), flush=True)
     return results
 
@@ -279,7 +339,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a model-set folder holding model/ (and denoiser/, upscaler/)")
     parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward,upscale",
-                        help="comma-separated; upscaler_vae (the upscaler autoencoder's ceiling) on request")
+                        help="comma-separated; on request also upscaler_vae (the upscaler autoencoder's ceiling) and "
+                        "linear_code (that of a linear code as wide; needs the fetched photographs)")
     parser.add_argument("--bm3d", action="store_true", help="also BM3D (pip install bm3d; slow: ~10 s an image)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--world", type=int, default=0, help="also N fresh world scenes (128²)")
