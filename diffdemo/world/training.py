@@ -52,6 +52,7 @@ class TrainConfig:
     upscaler_steps: int = 6456
     upscaler_batch: int = 64
     upscaler_pool: int = 60_000
+    upscaler_crop: int = 0  # U-Net training windows, latent cells a side (0: whole images); it is fully convolutional
     upscaler_decoder_steps: int = 1500  # about 55 minutes on a 2-core CPU
     upscaler_decoder_batch: int = 8
     upscaler_decoder_lr: float = 1e-4

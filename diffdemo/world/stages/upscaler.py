@@ -51,6 +51,10 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     def loss_fn(step):
         index = torch.randint(0, len(pool_small), (cfg.upscaler_batch,), device=device)
         small, latents, n = pool_small[index], pool_latents[index], cfg.upscaler_batch
+        if 0 < cfg.upscaler_crop < low:  # the same window of latents and low-res image (they share one grid)
+            top, left = torch.randint(0, low - cfg.upscaler_crop + 1, (2,)).tolist()
+            window = (..., slice(top, top + cfg.upscaler_crop), slice(left, left + cfg.upscaler_crop))
+            small, latents = small[window], latents[window]
         # noise augmentation of the low-res input, mostly at the small levels used for inference
         level = torch.where(torch.rand(n, device=device) < 0.5, torch.randint(0, 41, (n,), device=device),
                             torch.randint(0, models.MAX_NOISE_LEVEL + 1, (n,), device=device))
