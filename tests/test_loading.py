@@ -103,7 +103,7 @@ def test_embedded_model(embedded_models):
     assert m.native_size == 128
     assert m.name == "diffdemo-shapes (embedded)"
     assert m.upscaler is not None and m.denoiser is not None
-    assert m.upscaler.unet.config.in_channels == 7
+    assert m.upscaler.unet.config.in_channels == m.upscaler.vae.config.latent_channels + 3 == 19  # 16 latent + image
     assert m.denoiser.unet.config.in_channels == 3
     if m.device.type == "cpu":
         assert m.dtype == torch.float32
