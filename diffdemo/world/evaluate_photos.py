@@ -212,26 +212,15 @@ def upscale_rows(models, photos: dict, scale: int = 4, seed: int = 0) -> dict:
 
 def upscaler_vae_rows(models, photos: dict, scale: int = 4) -> dict:
     import torch
-    from PIL import Image
 
-    from diffdemo.engine.images import pil_to_tensor
-    from diffdemo.tasks.super_resolution import back_project_tensor, resize, to_uint8
+    vae = models.upscaler.vae
 
-    vae, per = models.upscaler.vae, []
-    for name, pixels in photos.items():
-        height, width = pixels.shape[:2]
-        low = resize(pixels, (width // scale, height // scale), Image.BICUBIC)
-        high = pil_to_tensor(Image.fromarray(pixels)).to(models.device, vae.dtype)
+    def round_trip(high):
         with torch.inference_mode():
-            decoded = vae.decode(vae.encode(high).latent_dist.mode()).sample.float().clamp(-1, 1)
-            projected = back_project_tensor(decoded, pil_to_tensor(Image.fromarray(low)).to(models.device))
-        per.append({"image": name, "round_trip": psnr(pixels, to_uint8(decoded.cpu())),
-                    "back_projected": psnr(pixels, to_uint8(projected.cpu())),
-                    "bicubic": psnr(pixels, resize(low, (width, height), Image.BICUBIC))})
-    return {"median": {k: round(float(np.median([r[k] for r in per])), 2)
-                       for k in ("round_trip", "back_projected", "bicubic")},
-            "ceiling_gain_over_bicubic_db": round(float(np.median([r["back_projected"] - r["bicubic"] for r in per])),
-                                                  2), "rows": per}
+            high = high.to(models.device, vae.dtype)
+            return vae.decode(vae.encode(high).latent_dist.mode()).sample.float().clamp(-1, 1).cpu()
+
+    return ceiling_rows(photos, round_trip, scale)
 
 
 def patch_code(images, channels: int, block: int = 4):
@@ -246,33 +235,43 @@ def patch_code(images, channels: int, block: int = 4):
 
 
 def linear_code_rows(photos: dict, codes: dict, scale: int = 4) -> dict:
-    """For each ``codes[name] = (mean, basis)``: the photos' round trip through the linear code and its
-    back-projection onto the bicubic low-res image (as ``upscaler_vae_rows``), and the gain over bicubic."""
+    """:func:`ceiling_rows` of each linear code ``codes[name] = (mean, basis)`` (from :func:`patch_code`)."""
     import torch
+
+    def through(mean, basis):
+        block = round((basis.shape[0] // 3) ** 0.5)
+
+        def round_trip(high):
+            blocks = torch.nn.functional.unfold(high, block, stride=block).transpose(1, 2) - mean
+            return torch.nn.functional.fold(((blocks @ basis @ basis.T) + mean).transpose(1, 2), high.shape[-2:],
+                                            block, stride=block).clamp(-1, 1)
+        return round_trip
+
+    return {code: ceiling_rows(photos, through(mean, basis), scale) for code, (mean, basis) in codes.items()}
+
+
+def ceiling_rows(photos: dict, round_trip, scale: int = 4) -> dict:
+    """Each photo's ``round_trip`` (``1×3×H×W`` in [-1, 1] -> the same, on the CPU), raw and back-projected onto
+    its bicubic low-res version as the super-resolution tab does, against bicubic: what an upscaler whose U-Net
+    samples the true image's code would reach."""
     from PIL import Image
 
     from diffdemo.engine.images import pil_to_tensor
     from diffdemo.tasks.super_resolution import back_project_tensor, resize, to_uint8
 
-    result = {}
-    for code, (mean, basis) in codes.items():
-        per = []
-        for name, pixels in photos.items():
-            height, width = pixels.shape[:2]
-            low = resize(pixels, (width // scale, height // scale), Image.BICUBIC)
-            high = pil_to_tensor(Image.fromarray(pixels))
-            blocks = torch.nn.functional.unfold(high, 4, stride=4).transpose(1, 2) - mean
-            decoded = torch.nn.functional.fold(((blocks @ basis @ basis.T) + mean).transpose(1, 2), (height, width),
-                                               4, stride=4).clamp(-1, 1)
-            projected = back_project_tensor(decoded, pil_to_tensor(Image.fromarray(low)))
-            per.append({"image": name, "round_trip": psnr(pixels, to_uint8(decoded)),
-                        "back_projected": psnr(pixels, to_uint8(projected)),
-                        "bicubic": psnr(pixels, resize(low, (width, height), Image.BICUBIC))})
-        result[code] = {"median": {k: round(float(np.median([r[k] for r in per])), 2)
-                                   for k in ("round_trip", "back_projected", "bicubic")},
-                        "ceiling_gain_over_bicubic_db": round(float(np.median(
-                            [r["back_projected"] - r["bicubic"] for r in per])), 2), "rows": per}
-    return result
+    per = []
+    for name, pixels in photos.items():
+        height, width = pixels.shape[:2]
+        low = resize(pixels, (width // scale, height // scale), Image.BICUBIC)
+        decoded = round_trip(pil_to_tensor(Image.fromarray(pixels)))
+        projected = back_project_tensor(decoded, pil_to_tensor(Image.fromarray(low)))
+        per.append({"image": name, "round_trip": psnr(pixels, to_uint8(decoded)),
+                    "back_projected": psnr(pixels, to_uint8(projected)),
+                    "bicubic": psnr(pixels, resize(low, (width, height), Image.BICUBIC))})
+    return {"median": {k: round(float(np.median([r[k] for r in per])), 2)
+                       for k in ("round_trip", "back_projected", "bicubic")},
+            "ceiling_gain_over_bicubic_db": round(float(np.median([r["back_projected"] - r["bicubic"] for r in per])),
+                                                  2), "rows": per}
 
 
 def training_patch_codes(channel_counts, n: int = 256, data_dir: Path | None = None) -> dict:
