@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from diffdemo.world import data, train
-from diffdemo.world.training import TINY, ImageStream
+from diffdemo.world.training import TINY, ImageStream, rate_factor
 
 
 def fake_fetch(root, counts=(("photo", 3), ("held_out", 1), ("art", 2))):
@@ -94,6 +94,15 @@ def test_a_stopped_stage_resumes_to_the_curve_of_an_unbroken_run(tmp_path):
     weights = [load_file(tmp_path / run / "model" / "vae" / "diffusion_pytorch_model.safetensors")
                for run in ("whole", "parts")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_the_learning_rate_warms_up_holds_then_cools_down_to_zero():
+    rates = [rate_factor(s, 100, warmup=10, cooldown=0.2) for s in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == 1.0 and rates[80] == 1.0
+    assert all(a > b for a, b in zip(rates[80:], rates[81:])) and 0 < rates[-1] <= 0.05
+    assert [rate_factor(s, 100, 10) for s in (50, 99)] == [1.0, 1.0]  # no cool-down unless asked
+    # a stage extended before its cool-down started rises back to the full rate
+    assert rate_factor(70, 100, 10, 0.5) < 1.0 == rate_factor(70, 200, 10, 0.5)
 
 
 def test_fine_tuning_starts_from_the_given_model_set(tmp_path):

@@ -74,6 +74,7 @@ class TrainConfig:
     # shared
     lr: float = 3e-4  # upscaler and denoiser
     warmup_steps: int = 500  # linear learning-rate warm-up of every stage
+    cooldown: float = 0.0  # the learning rate falls linearly to 0 over this fraction of each stage's last steps
     cfg_dropout: float = 0.1
     ema_decay: float = 0.9995
     max_minutes_per_stage: float = 0.0  # 0: no cap; else a stage stops early and logs the steps it did
@@ -176,15 +177,16 @@ def init_folder(cfg: TrainConfig, *parts: str) -> Path | None:
 def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: float, cfg: TrainConfig,
         device: torch.device, ema: bool = False, warmup_steps: int | None = None, checkpoint: Path | None = None,
         rngs: tuple[random.Random, ...] = ()) -> dict:
-    """AdamW with warm-up (``cfg.warmup_steps`` unless given) over ``loss_fn(step)``; EMA weights are copied in at
-    the end. With ``checkpoint``, resumes from it if it exists and saves to it as it goes (``rngs``: the Python
-    generators the loss draws from, saved with it). Returns the log."""
+    """AdamW over ``loss_fn(step)`` with the rate of :func:`rate_factor` (warm-up: ``cfg.warmup_steps`` unless
+    given; cool-down: ``cfg.cooldown``); EMA weights are copied in at the end. With ``checkpoint``, resumes from it
+    if it exists and saves to it as it goes (``rngs``: the Python generators the loss draws from, saved with it).
+    Returns the log."""
     from diffusers.training_utils import EMAModel
 
     params = [p for m in modules for p in m.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warmup = max(1, cfg.warmup_steps if warmup_steps is None else warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: rate_factor(s, steps, warmup, cfg.cooldown))
     averages = [EMAModel(m.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, foreach=True)
                 for m in modules] if ema else []
     state = {"done": 0, "curve": [], "seconds": 0.0}
@@ -231,6 +233,16 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
         m.eval()
     clock.tick()
     return {"steps": done, "seconds": round(clock.seconds, 1), "loss_curve": curve}
+
+
+def rate_factor(step: int, steps: int, warmup: int, cooldown: float = 0.0) -> float:
+    """The learning rate's multiplier at ``step`` of ``steps``: a linear warm-up over ``warmup`` steps, constant,
+    then a linear fall to 0 over the last ``cooldown`` fraction of the steps (warm-up, stable, decay). Before the
+    cool-down starts, a resumed stage can still be given more steps."""
+    factor = min(1.0, (step + 1) / max(1, warmup))
+    if cooldown > 0:
+        factor = min(factor, (steps - step) / max(1.0, cooldown * steps))
+    return max(0.0, factor)
 
 
 class ActiveClock:
