@@ -8,6 +8,10 @@
 #   pip download --no-deps -d build/wheels diffusers==0.42.1     # and whatever else the GPU machine lacks
 # e.g. bash diffdemo/world/train_gpu.sh out/ vae,tiny_vae,unet,assemble --init-from assets --photo-share 0.5 \
 #        --art-share 0.2 --max-minutes-per-stage 2.5
+#   or, to train the shipped upscaler's U-Net further (its autoencoder kept as it is), then its decoder:
+#   bash diffdemo/world/train_gpu.sh out/ upscaler,upscaler_decoder,assemble --init-from assets \
+#        --upscaler-vae-steps 0 --upscaler-steps 60000 --upscaler-crop 16 --upscaler-pool 60000 --cooldown 0.3 \
+#        --photo-share 0.55 --art-share 0.1 --upscaler-decoder-steps 3000
 # OUT receives the trained folders, the stage logs and evaluate_photos' JSON; every stage checkpoints into
 # OUT/checkpoints, so a second run with the same OUT continues where the first stopped.
 set -euo pipefail
