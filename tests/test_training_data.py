@@ -145,6 +145,51 @@ def test_a_new_upscaler_can_have_more_latent_channels(tmp_path):
     assert (vae["latent_channels"], unet["in_channels"], unet["out_channels"]) == (8, 11, 8)
 
 
+def test_the_pixel_loss_decodes_the_x0_the_v_prediction_implies():
+    """``decoded_x0_loss``: given the true velocity, x̂0 is the clean latent, so the loss is the back-projected
+    decode's MSE against the image; the gradient reaches the prediction through the frozen decoder."""
+    from diffusers import DDPMScheduler
+
+    from diffdemo.tasks.super_resolution import back_project_tensor
+    from diffdemo.world import models
+    from diffdemo.world.stages.upscaler import decoded_x0_loss
+
+    torch.manual_seed(0)
+    vae = models.upscaler_vae("tiny", 32, 4).eval().requires_grad_(False)
+    schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
+    latents, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    images, small = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 8, 8) * 2 - 1
+    t = torch.tensor([10, 900])
+    noisy = schedule.add_noise(latents, noise, t)
+    v = schedule.get_velocity(latents, noise, t).requires_grad_(True)
+    loss = decoded_x0_loss(vae, schedule, noisy, v, t, small, images)
+    decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(back_project_tensor(decoded, small), images)
+                                        .item(), rel=1e-4)
+    loss.backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    assert all(p.grad is None for p in vae.parameters())
+
+
+def test_an_upscaler_fine_tune_with_the_pixel_loss_trains_the_unet_alone(tmp_path):
+    """``--upscaler-pixel-weight`` on 8×8-cell windows: the U-Net moves, the autoencoder it decodes with does not."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--stages", "upscaler", "--device", "cpu"]
+    train.main([*common, "--out", str(tmp_path / "first")])
+    train.main([*common, "--out", str(tmp_path / "tuned"), "--init-from", str(tmp_path / "first"),
+                "--upscaler-vae-steps", "0", "--upscaler-steps", "2", "--upscaler-crop", "8",
+                "--upscaler-pixel-weight", "10"])
+    weights = "diffusion_pytorch_model.safetensors"
+    (vae0, vae1), (unet0, unet1) = ([load_file(tmp_path / run / "upscaler" / part / weights)
+                                     for run in ("first", "tuned")] for part in ("vae", "unet"))
+    assert all(torch.equal(vae0[k], vae1[k]) for k in vae0)
+    assert not all(torch.equal(unet0[k], unet1[k]) for k in unet0)
+    log = json.loads((tmp_path / "tuned" / "logs" / "upscaler.json").read_text())
+    assert log["config"]["upscaler_pixel_weight"] == 10
+    assert all(np.isfinite(loss) for _, loss in log["log"]["unet"]["loss_curve"])
+
+
 def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
     from diffdemo.world.stages.denoiser import clip_some
 

@@ -53,6 +53,7 @@ class TrainConfig:
     upscaler_batch: int = 64
     upscaler_pool: int = 60_000
     upscaler_crop: int = 0  # U-Net training windows, latent cells a side (0: whole images); it is fully convolutional
+    upscaler_pixel_weight: float = 0.0  # weight of the pixel loss on the U-Net's decoded, back-projected x̂0 (0: none)
     upscaler_decoder_steps: int = 1500  # about 55 minutes on a 2-core CPU
     upscaler_decoder_batch: int = 8
     upscaler_decoder_lr: float = 1e-4
