@@ -190,6 +190,21 @@ def test_an_upscaler_fine_tune_with_the_pixel_loss_trains_the_unet_alone(tmp_pat
     assert all(np.isfinite(loss) for _, loss in log["log"]["unet"]["loss_curve"])
 
 
+def test_a_new_vae_can_have_wider_norm_groups_and_train_on_crops(tmp_path):
+    """``--vae-groups 4 --vae-crop 32``: the 8× autoencoder is built with 4 groups, trained on 32² images, and
+    round-trips the full 64² size."""
+    from diffusers import AutoencoderKL
+
+    train.main(["--preset", "tiny", "--stages", "vae", "--device", "cpu", "--out", str(tmp_path),
+                "--vae-groups", "4", "--vae-crop", "32", "--vae-steps", "1"])
+    vae = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae")
+    assert vae.config.norm_num_groups == 4 and vae.decoder.conv_norm_out.num_groups == 4
+    with torch.no_grad():
+        assert vae.decode(vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mode()).sample.shape == (1, 3, 64, 64)
+    log = json.loads((tmp_path / "logs" / "vae.json").read_text())
+    assert log["config"]["vae_crop"] == 32 and log["log"]["steps"] == 1
+
+
 def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
     from diffdemo.world.stages.denoiser import clip_some
 

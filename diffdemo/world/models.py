@@ -39,9 +39,12 @@ def text_encoder(preset: str, tokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def vae(preset: str, size: int) -> AutoencoderKL:
+def vae(preset: str, size: int, groups: int | None = None) -> AutoencoderKL:
+    """The text-to-image model's 8× autoencoder. ``groups`` (default: the preset's, one channel a group at the
+    first level, as shipped) sets its group norms; see :func:`upscaler_vae` for why several channels a group learn
+    colours faster."""
     w = _WIDTHS[preset]
-    return _autoencoder(w["vae"], w["layers"], w["groups"], size)
+    return _autoencoder(w["vae"], w["layers"], groups or w["groups"], size)
 
 
 def upscaler_vae(preset: str, size: int, latent_channels: int = 4) -> AutoencoderKL:

@@ -24,10 +24,10 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
 
     init = init_folder(cfg, "model", "vae")
     vae = (AutoencoderKL.from_pretrained(init, torch_dtype=torch.float32) if init
-           else models.vae(cfg.preset, cfg.image_size)).to(device)
+           else models.vae(cfg.preset, cfg.image_size, cfg.vae_groups)).to(device)
     teacher = copy.deepcopy(vae).eval().requires_grad_(False) if init and cfg.vae_anchor > 0 else None
     log = train_autoencoder(vae, cfg, cfg.vae_steps, cfg.seed + 1, device, out / "checkpoints" / "vae.pt",
-                            teacher=teacher)
+                            teacher=teacher, crop=cfg.vae_crop)
     if init is None:
         vae.register_to_config(scaling_factor=round(1.0 / log["latent_std"], 5))  # unit-variance latents
     vae.save_pretrained(out / "model" / "vae")
