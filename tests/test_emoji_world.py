@@ -154,6 +154,21 @@ def test_the_checker_reads_clean_renders_at_least_98_percent(checker):
     assert found["background"] >= 0.98 and found["size"] >= 0.98 and found["position"] >= 0.98, found
 
 
+def test_read_back_through_a_round_trip_scores_what_comes_out(checker, tiny_model_dir):
+    """``through``: the identity reads as the clean renders do (infinite PSNR aside); a round trip that keeps only
+    the background loses every subject; an untrained autoencoder's round trip runs and reports its PSNR."""
+    from diffdemo.world.emoji.checker import vae_round_trip
+
+    clean = clean_accuracy(checker, 64, seed=5)
+    same = clean_accuracy(checker, 64, seed=5, through=lambda x: x.clone())
+    assert {k: same[k] for k in ("subject", "background", "size", "position")} == \
+        {k: clean[k] for k in ("subject", "background", "size", "position")}
+    flat = clean_accuracy(checker, 64, seed=5, through=lambda x: x[:, :, :1, :1].expand_as(x).clone())
+    assert flat["subject"] == 0.0 and flat["background"] >= 0.95 and flat["round_trip_psnr_db"] < 25
+    untrained = clean_accuracy(checker, 16, seed=5, through=vae_round_trip(str(tiny_model_dir / "vae")))
+    assert 0 < untrained["round_trip_psnr_db"] < 40 and 0 <= untrained["subject"] <= 1
+
+
 def test_the_checker_scores_only_what_the_caption_asks(checker, glyphs):
     scene = sample_emoji_scene(random.Random(2), mention_prob=0.0, names=glyphs.names)
     judgement = checker.judge(to_pil(render_emoji_scenes([scene], checker.tensors))[0])

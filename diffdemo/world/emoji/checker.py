@@ -1,7 +1,8 @@
 """Names the emoji subject in an image, with its background, size and position: the emoji world's judge.
 
 ``python -m diffdemo.world.emoji.checker [--samples N]`` measures it on clean renders (it must read ≥98% of the
-subjects right before it judges a model). How it reads an image (resized to 128²):
+subjects right before it judges a model); ``--vae FOLDER`` reads them after an autoencoder's round trip instead.
+How it reads an image (resized to 128²):
 
 1. The background is the median colour of the border; the object is every pixel far from it.
 2. Each candidate glyph is composited on that background and cropped to the pixels that differ from it there (a
@@ -152,9 +153,13 @@ def score(scene: EmojiScene, judgement: EmojiJudgement) -> dict[str, bool]:
     return {a: getattr(judgement, a) == getattr(scene, a) for a in ATTRIBUTES if a in asked}
 
 
-def clean_accuracy(checker: EmojiChecker, n: int, seed: int = 0) -> dict:
+def clean_accuracy(checker: EmojiChecker, n: int, seed: int = 0, through=None) -> dict:
     """Reads ``n`` clean renders of fresh scenes (every subject of the checker, seen and held-out combinations)
-    and returns per-attribute accuracy with the subject confusions."""
+    and returns per-attribute accuracy with the subject confusions.
+
+    ``through`` (``B×3×H×W`` in [-1, 1] -> the same), e.g. an autoencoder's round trip, is applied to the renders
+    before they are read; the result then adds the median PSNR of what it returned against the renders: how much
+    of the emoji world a latent space keeps, whatever a U-Net later does in it."""
     from diffdemo.world.emoji.render import render_emoji_scenes
     from diffdemo.world.emoji.scene import sample_emoji_scene
     from diffdemo.world.render import to_pil
@@ -162,10 +167,14 @@ def clean_accuracy(checker: EmojiChecker, n: int, seed: int = 0) -> dict:
     rng = random.Random(seed)
     scenes = [sample_emoji_scene(rng, held_out=i % 4 == 0, mention_prob=1.0, names=checker.names)
               for i in range(n)]
-    ok, asked, confusions = dict.fromkeys(ATTRIBUTES, 0), dict.fromkeys(ATTRIBUTES, 0), {}
+    ok, asked, confusions, psnrs = dict.fromkeys(ATTRIBUTES, 0), dict.fromkeys(ATTRIBUTES, 0), {}, []
     for start in range(0, n, 64):
         chunk = scenes[start:start + 64]
-        for scene, image in zip(chunk, to_pil(render_emoji_scenes(chunk, checker.tensors, CHECK_SIZE, rng=rng))):
+        images = render_emoji_scenes(chunk, checker.tensors, CHECK_SIZE, rng=rng)
+        if through is not None:
+            clean, images = images, through(images).clamp(-1, 1)
+            psnrs += (-10 * torch.log10(((images - clean) / 2).pow(2).flatten(1).mean(1))).tolist()
+        for scene, image in zip(chunk, to_pil(images)):
             judgement = checker.judge(image)
             for attribute, correct in score(scene, judgement).items():
                 ok[attribute] += correct
@@ -173,9 +182,24 @@ def clean_accuracy(checker: EmojiChecker, n: int, seed: int = 0) -> dict:
             if judgement.subject != scene.subject:
                 key = f"{scene.subject} -> {judgement.subject}"
                 confusions[key] = confusions.get(key, 0) + 1
-    return {**{a: round(ok[a] / asked[a], 4) for a in ATTRIBUTES if asked[a]}, "samples": n,
-            "subjects": len(checker.names),
-            "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1]))}
+    found = {**{a: round(ok[a] / asked[a], 4) for a in ATTRIBUTES if asked[a]}, "samples": n,
+             "subjects": len(checker.names)}
+    if psnrs:
+        found["round_trip_psnr_db"] = round(float(np.median(psnrs)), 2)
+    return {**found, "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1]))}
+
+
+def vae_round_trip(folder: str):
+    """The round trip (encode, posterior mean, decode) of the ``AutoencoderKL`` in ``folder``, for ``through``."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(folder, torch_dtype=torch.float32).eval()
+
+    def through(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in images.split(16)])
+
+    return through
 
 
 def main(argv=None) -> None:
@@ -185,8 +209,12 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None, help="fetched data (default: diffdemo.world.data.default_dir())")
+    parser.add_argument("--vae", default=None, help="read the renders after this autoencoder's round trip "
+                        "(a diffusers AutoencoderKL folder, e.g. assets/model/vae)")
     args = parser.parse_args(argv)
-    print(json.dumps(clean_accuracy(EmojiChecker(load_glyphs(args.data_dir)), args.samples, args.seed), indent=1))
+    through = vae_round_trip(args.vae) if args.vae else None
+    print(json.dumps(clean_accuracy(EmojiChecker(load_glyphs(args.data_dir)), args.samples, args.seed, through),
+                     indent=1))
 
 
 if __name__ == "__main__":
