@@ -169,6 +169,22 @@ def test_read_back_through_a_round_trip_scores_what_comes_out(checker, tiny_mode
     assert 0 < untrained["round_trip_psnr_db"] < 40 and 0 <= untrained["subject"] <= 1
 
 
+def test_a_decoders_stray_pixels_at_the_edge_do_not_move_the_object(checker, glyphs):
+    """A few off-colour pixels in a corner (as a weak decoder leaves them) change neither subject, size nor
+    position; a real object there still counts."""
+    rng = random.Random(7)
+    scene = next(s for s in (sample_emoji_scene(rng, mention_prob=1.0, names=glyphs.names) for _ in range(500))
+                 if s.position == "top left" and s.size == "small")
+    pixels = np.asarray(to_pil(render_emoji_scenes([scene], checker.tensors))[0]).copy()
+    before = checker.judge(pixels)
+    speckled = pixels.copy()
+    speckled[-2:, -2:] = speckled[:2, :3] = 255 - pixels[0, 0]  # two specks of 4 and 6 pixels
+    after = checker.judge(speckled)
+    assert all(score(scene, after).values()) and replace(after, error=0) == replace(before, error=0)
+    speckled[-12:, -12:] = 255 - pixels[0, 0]  # a 144-pixel blob is part of the picture
+    assert checker.judge(speckled).position != "top left"
+
+
 def test_the_checker_scores_only_what_the_caption_asks(checker, glyphs):
     scene = sample_emoji_scene(random.Random(2), mention_prob=0.0, names=glyphs.names)
     judgement = checker.judge(to_pil(render_emoji_scenes([scene], checker.tensors))[0])

@@ -4,7 +4,8 @@
 subjects right before it judges a model); ``--vae FOLDER`` reads them after an autoencoder's round trip instead.
 How it reads an image (resized to 128²):
 
-1. The background is the median colour of the border; the object is every pixel far from it.
+1. The background is the median colour of the border; the object is every pixel far from it, specks of a few
+   pixels aside.
 2. Each candidate glyph is composited on that background and cropped to the pixels that differ from it there (a
    white ghost on white shows only its eyes), so candidate and image are cut the same way.
 3. Both crops are resized to :data:`TILE`² and compared as differences from the background; the nearest few
@@ -34,6 +35,7 @@ TILE = 24  # side of the crops compared in the first, coarse round
 SHORTLIST = 6  # candidates compared pixel for pixel in the second round
 OBJECT_DISTANCE = 40.0  # RGB distance (0..255 units) from the background above which a pixel is the object
 MIN_PIXELS = 12
+SPECK = 8  # blobs of the object mask smaller than this many pixels are ignored
 ATTRIBUTES = ("subject", "background", "size", "position")
 
 
@@ -65,7 +67,7 @@ class EmojiChecker:
         border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
         bg = np.median(border, axis=0)
         background = nearest_colour(bg * 255)
-        mask = np.linalg.norm(pixels - bg, axis=-1) * 255 > OBJECT_DISTANCE
+        mask = _without_specks(np.linalg.norm(pixels - bg, axis=-1) * 255 > OBJECT_DISTANCE)
         if mask.sum() < MIN_PIXELS:
             return EmojiJudgement(None, background, None, None)
         ys, xs = np.nonzero(mask)
@@ -130,6 +132,17 @@ def _pixels(image) -> np.ndarray:
     if image.size != (CHECK_SIZE, CHECK_SIZE):
         image = image.resize((CHECK_SIZE, CHECK_SIZE), Image.BILINEAR)
     return np.asarray(image, np.float32) / 255
+
+
+def _without_specks(mask: np.ndarray) -> np.ndarray:
+    """``mask`` without blobs of fewer than :data:`SPECK` pixels: a decoder's stray pixels (often at the image's
+    edge) would otherwise stretch the object's box across the image."""
+    from skimage.measure import label
+
+    blobs = label(mask, connectivity=2)
+    keep = np.bincount(blobs.ravel()) >= SPECK
+    keep[0] = False  # the background
+    return keep[blobs]
 
 
 def _visible_box(difference: np.ndarray) -> tuple[int, int, int, int]:
