@@ -39,7 +39,7 @@ class TrainConfig:
     vae_batch: int = 32
     vae_lr: float = 6e-4
     vae_anchor: float = 1.0  # fine-tuning: weight of keeping world images' latents where the U-Net knows them
-    vae_crop: int = 0  # side of a new VAE's training images (0: image_size); all but its mid-block is convolutional
+    vae_crop: int = 0  # side of the 8× VAE's training images (0: image_size); all but its mid-block is convolutional
     vae_groups: int = 0  # a new VAE's group-norm groups (0: the preset's, one channel a group at width 32, as shipped)
     # text encoder + U-Net
     unet_steps: int = 1893
