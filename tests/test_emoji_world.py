@@ -157,7 +157,7 @@ def test_the_checker_reads_clean_renders_at_least_98_percent(checker):
 def test_read_back_through_a_round_trip_scores_what_comes_out(checker, tiny_model_dir):
     """``through``: the identity reads as the clean renders do (infinite PSNR aside); a round trip that keeps only
     the background loses every subject; an untrained autoencoder's round trip runs and reports its PSNR."""
-    from diffdemo.world.emoji.checker import vae_round_trip
+    from diffdemo.world.emoji.checker import autoencoder_round_trip
 
     clean = clean_accuracy(checker, 64, seed=5)
     same = clean_accuracy(checker, 64, seed=5, through=lambda x: x.clone())
@@ -165,7 +165,7 @@ def test_read_back_through_a_round_trip_scores_what_comes_out(checker, tiny_mode
         {k: clean[k] for k in ("subject", "background", "size", "position")}
     flat = clean_accuracy(checker, 64, seed=5, through=lambda x: x[:, :, :1, :1].expand_as(x).clone())
     assert flat["subject"] == 0.0 and flat["background"] >= 0.95 and flat["round_trip_psnr_db"] < 25
-    untrained = clean_accuracy(checker, 16, seed=5, through=vae_round_trip(str(tiny_model_dir / "vae")))
+    untrained = clean_accuracy(checker, 16, seed=5, through=autoencoder_round_trip(str(tiny_model_dir / "vae")))
     assert 0 < untrained["round_trip_psnr_db"] < 40 and 0 <= untrained["subject"] <= 1
 
 

@@ -202,7 +202,7 @@ def clean_accuracy(checker: EmojiChecker, n: int, seed: int = 0, through=None) -
     return {**found, "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1]))}
 
 
-def vae_round_trip(folder: str):
+def autoencoder_round_trip(folder: str):
     """The round trip (encode, posterior mean, decode) of the ``AutoencoderKL`` in ``folder``, for ``through``."""
     from diffusers import AutoencoderKL
 
@@ -225,7 +225,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vae", default=None, help="read the renders after this autoencoder's round trip "
                         "(a diffusers AutoencoderKL folder, e.g. assets/model/vae)")
     args = parser.parse_args(argv)
-    through = vae_round_trip(args.vae) if args.vae else None
+    through = autoencoder_round_trip(args.vae) if args.vae else None
     print(json.dumps(clean_accuracy(EmojiChecker(load_glyphs(args.data_dir)), args.samples, args.seed, through),
                      indent=1))
 
