@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -231,3 +232,21 @@ def test_the_stage_clock_does_not_count_a_pause():
     clock.last -= 600.0  # stopped for 10 minutes
     clock.tick()
     assert 16.5 < clock.seconds < 17.5  # 5 + 5 steps of 2 s + one usual step for the pause
+
+
+def test_a_resumed_unet_stage_reads_its_encoded_pools_instead_of_encoding_them_again(tmp_path, monkeypatch):
+    from diffdemo.world.stages import unet as unet_stage
+
+    common = ["--preset", "tiny", "--device", "cpu", "--checkpoint-minutes", "0"]
+    train.main([*common, "--stages", "tokenizer,vae", "--out", str(tmp_path / "parts")])
+    shutil.copytree(tmp_path / "parts", tmp_path / "whole")
+    train.main([*common, "--stages", "unet", "--out", str(tmp_path / "whole"), "--unet-steps", "4"])
+    train.main([*common, "--stages", "unet", "--out", str(tmp_path / "parts"), "--unet-steps", "2"])
+    assert (tmp_path / "parts" / "checkpoints" / f"unet_pools_{TINY.unet_pool}_0.pt").exists()
+
+    def encode_again(*args, **kwargs):
+        raise AssertionError("the pools were encoded again")
+
+    monkeypatch.setattr(unet_stage, "encode_pool", encode_again)
+    train.main([*common, "--stages", "unet", "--out", str(tmp_path / "parts"), "--unet-steps", "4"])
+    assert loss_curve(tmp_path / "parts", "unet") == loss_curve(tmp_path / "whole", "unet")

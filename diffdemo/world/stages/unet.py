@@ -36,8 +36,9 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     rng = random.Random(cfg.seed + 2)
     world = WorldStream(cfg.seed + 2, cfg.image_size, device, **emoji_options(cfg))
-    pool_scenes, pool_latents = encode_pool(vae, world, cfg.unet_pool)
-    photo_kinds, photo_latents = encode_photo_pool(vae, cfg, device)
+    pools = out / "checkpoints" / f"unet_pools_{cfg.unet_pool}_{cfg.unet_photo_pool}.pt"
+    pool_scenes, pool_latents, photo_kinds, photo_latents = cached(pools, device, lambda: (
+        *encode_pool(vae, world, cfg.unet_pool), *encode_photo_pool(vae, cfg, device)))
     photo_share = (cfg.photo_share + cfg.art_share) if len(photo_kinds) else 0.0
 
     def captions_and_latents(n: int):
@@ -67,6 +68,17 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     unet.save_pretrained(out / "model" / "unet")
     models.latent_scheduler().save_pretrained(out / "model" / "scheduler")
     return {**log, "photo_pool": len(photo_kinds)}
+
+
+def cached(path: Path, device, make):
+    """``make()``, saved to ``path`` the first time, so that a resumed run skips the work (``--fresh`` deletes it)."""
+    if path.exists():
+        print(f"[unet] pools from {path}", flush=True)
+        return torch.load(path, map_location=device, weights_only=False)
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(value, path)
+    return value
 
 
 def encode_pool(vae, stream: WorldStream, n: int, batch: int = 256):
