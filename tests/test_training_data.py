@@ -250,3 +250,12 @@ def test_a_resumed_unet_stage_reads_its_encoded_pools_instead_of_encoding_them_a
     monkeypatch.setattr(unet_stage, "encode_pool", encode_again)
     train.main([*common, "--stages", "unet", "--out", str(tmp_path / "parts"), "--unet-steps", "4"])
     assert loss_curve(tmp_path / "parts", "unet") == loss_curve(tmp_path / "whole", "unet")
+
+
+def test_a_stage_stopped_by_its_time_cap_checkpoints_every_step_it_trained(tmp_path):
+    """The cap ends the stage at the end of a logged stretch of steps, where a checkpoint can be saved."""
+    train.main(["--preset", "tiny", "--stages", "vae", "--device", "cpu", "--out", str(tmp_path),
+                "--checkpoint-minutes", "60", "--vae-steps", "60", "--max-minutes-per-stage", "1e-9"])
+    log = json.loads((tmp_path / "logs" / "vae.json").read_text())["log"]
+    saved = torch.load(tmp_path / "checkpoints" / "vae.pt", map_location="cpu", weights_only=False)
+    assert 0 < log["steps"] < 60 and saved["done"] == log["steps"] == log["loss_curve"][-1][0]

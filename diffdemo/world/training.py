@@ -222,7 +222,8 @@ def fit(name: str, modules: list[torch.nn.Module], loss_fn, steps: int, lr: floa
             since = 0
             rate = (done - state["done"]) / max(clock.seconds - state["seconds"], 1e-9)
             print(f"[{name}] step {done}/{steps} loss {mean:.5f} ({rate:.2f} it/s)", flush=True)
-        out_of_time = cfg.max_minutes_per_stage and clock.seconds > 60 * cfg.max_minutes_per_stage
+        # a stage out of time stops where a checkpoint can be saved (the end of a logged stretch of steps)
+        out_of_time = since == 0 and cfg.max_minutes_per_stage and clock.seconds > 60 * cfg.max_minutes_per_stage
         if checkpoint is not None and since == 0 and (
                 done == steps or out_of_time or time.time() - saved > 60 * cfg.checkpoint_minutes):
             _save_checkpoint(checkpoint, modules, optimizer, schedule, averages, rngs,
