@@ -242,7 +242,7 @@ def test_a_resumed_unet_stage_reads_its_encoded_pools_instead_of_encoding_them_a
     shutil.copytree(tmp_path / "parts", tmp_path / "whole")
     train.main([*common, "--stages", "unet", "--out", str(tmp_path / "whole"), "--unet-steps", "4"])
     train.main([*common, "--stages", "unet", "--out", str(tmp_path / "parts"), "--unet-steps", "2"])
-    assert (tmp_path / "parts" / "checkpoints" / f"unet_pools_{TINY.unet_pool}_0.pt").exists()
+    assert (tmp_path / "parts" / "checkpoints" / "unet_pools.pt").exists()
 
     def encode_again(*args, **kwargs):
         raise AssertionError("the pools were encoded again")
@@ -259,3 +259,18 @@ def test_a_stage_stopped_by_its_time_cap_checkpoints_every_step_it_trained(tmp_p
     log = json.loads((tmp_path / "logs" / "vae.json").read_text())["log"]
     saved = torch.load(tmp_path / "checkpoints" / "vae.pt", map_location="cpu", weights_only=False)
     assert 0 < log["steps"] < 60 and saved["done"] == log["steps"] == log["loss_curve"][-1][0]
+
+
+def test_saved_pools_are_made_again_when_what_they_were_made_from_changes(tmp_path):
+    from diffdemo.world.stages.unet import cached
+
+    made = []
+
+    def make():
+        made.append(1)
+        return torch.full((2,), float(len(made)))
+
+    first = cached(tmp_path / "pools.pt", {"vae": "a"}, "cpu", make)
+    again = cached(tmp_path / "pools.pt", {"vae": "a"}, "cpu", make)
+    other = cached(tmp_path / "pools.pt", {"vae": "b"}, "cpu", make)
+    assert len(made) == 2 and torch.equal(first, again) and not torch.equal(first, other)

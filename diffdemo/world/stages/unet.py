@@ -7,6 +7,7 @@ inpainted with an empty prompt is continued as a photo. ``cfg.init_from`` fine-t
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -36,9 +37,12 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     noise_schedule = DDPMScheduler.from_config(models.latent_scheduler().config)
     rng = random.Random(cfg.seed + 2)
     world = WorldStream(cfg.seed + 2, cfg.image_size, device, **emoji_options(cfg))
-    pools = out / "checkpoints" / f"unet_pools_{cfg.unet_pool}_{cfg.unet_photo_pool}.pt"
-    pool_scenes, pool_latents, photo_kinds, photo_latents = cached(pools, device, lambda: (
-        *encode_pool(vae, world, cfg.unet_pool), *encode_photo_pool(vae, cfg, device)))
+    made_from = {"vae": _digest(out / "model" / "vae" / "diffusion_pytorch_model.safetensors"),
+                 **{k: getattr(cfg, k) for k in ("seed", "image_size", "unet_pool", "unet_photo_pool", "photo_share",
+                                                 "art_share", "emoji_share", "data_dir")}}
+    pool_scenes, pool_latents, photo_kinds, photo_latents = cached(
+        out / "checkpoints" / "unet_pools.pt", made_from, device,
+        lambda: (*encode_pool(vae, world, cfg.unet_pool), *encode_photo_pool(vae, cfg, device)))
     photo_share = (cfg.photo_share + cfg.art_share) if len(photo_kinds) else 0.0
 
     def captions_and_latents(n: int):
@@ -70,15 +74,23 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     return {**log, "photo_pool": len(photo_kinds)}
 
 
-def cached(path: Path, device, make):
-    """``make()``, saved to ``path`` the first time, so that a resumed run skips the work (``--fresh`` deletes it)."""
+def cached(path: Path, made_from: dict, device, make):
+    """``make()``, saved to ``path`` with ``made_from`` (what it depends on), so that a resumed run skips the work;
+    made again when ``made_from`` differs from the saved one (``--fresh`` deletes the file)."""
     if path.exists():
-        print(f"[unet] pools from {path}", flush=True)
-        return torch.load(path, map_location=device, weights_only=False)
+        saved = torch.load(path, map_location=device, weights_only=False)
+        if saved["made_from"] == made_from:
+            print(f"[unet] pools from {path}", flush=True)
+            return saved["value"]
+        print(f"[unet] {path} was made from another VAE or data mix: encoding again", flush=True)
     value = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(value, path)
+    torch.save({"made_from": made_from, "value": value}, path)
     return value
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def encode_pool(vae, stream: WorldStream, n: int, batch: int = 256):
