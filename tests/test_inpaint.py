@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 
 from diffdemo.engine import SAMPLERS, Cancelled
 from diffdemo.tasks import InpaintRequest, InvalidRequest, inpaint, save_png
-from diffdemo.tasks.inpaint import change_heatmap, composite, crop_box
+from diffdemo.tasks.inpaint import change_heatmap, composite, crop_box, smooth_fill
 from diffdemo.world.checker import nearest_colour
 from diffdemo.world.render import render_scenes, shape_coverage, to_pil
 from diffdemo.world.scene import Scene
@@ -170,6 +170,45 @@ def test_outpainting_every_side_with_mean_fill(tiny_models):
     assert np.array_equal(out[24:72, 8:72], rgb(image))
 
 
+# --- Masked content: what a strength below 1 starts from ------------------------------------------------------
+
+def gradient_image(width: int, height: int) -> np.ndarray:
+    ys, xs = np.mgrid[:height, :width]
+    return np.stack([40 + 150 * xs / width, 30 + 180 * ys / height, 200 - 100 * xs / width], -1).round() \
+        .astype(np.uint8)
+
+
+@pytest.mark.parametrize("width, height", [(96, 64), (900, 500)])  # solved at full size / on a small copy
+def test_smooth_fill_continues_the_surroundings(width, height):
+    pixels = gradient_image(width, height)
+    mask = np.zeros((height, width), bool)
+    mask[height // 4: height // 2, width // 3: width // 2] = True
+    scrambled = np.where(mask[..., None], noise_image(width, height), pixels).astype(np.uint8)
+    filled = smooth_fill(scrambled, mask)
+    assert filled.shape == pixels.shape and filled.dtype == np.uint8
+    assert np.array_equal(filled[~mask], pixels[~mask])
+    # a linear ramp is continued (within resizing error), whatever was under the mask
+    error = np.abs(filled[mask].astype(int) - pixels[mask])
+    assert error.mean() < 2 and error.max() <= 6, (error.mean(), error.max())  # flat: 7 and 22
+
+
+def test_fill_ignores_what_is_under_the_mask(tiny_models):
+    pixels = gradient_image(64, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[16:40, 24:48] = True
+    other = np.where(mask[..., None], rgb(noise_image(64, 64, seed=3)), pixels).astype(np.uint8)
+    outputs = {}
+    for content in ("original", "fill"):
+        for name, image in (("ramp", pixels), ("object", other)):
+            out = rgb(run(tiny_models, Image.fromarray(image), mask, strength=0.5, masked_content=content,
+                          mask_blur=0).images[0])
+            assert np.array_equal(out[~mask], image[~mask])
+            outputs[content, name] = out
+    # "fill" starts from a continuation of the unmasked pixels alone; "original" from what is there
+    assert np.array_equal(outputs["fill", "ramp"], outputs["fill", "object"])
+    assert not np.array_equal(outputs["original", "ramp"], outputs["original", "object"])
+
+
 # --- Only the masked region ----------------------------------------------------------------------------------
 
 def test_only_masked_keeps_size_and_unmasked_pixels(tiny_models):
@@ -250,6 +289,7 @@ BAD = [
     ("mask blur -1", dict(mask_blur=-1), "mask_blur"),
     ("padding 2.5", dict(padding=2.5), "padding"),
     ("fill", dict(outpaint_fill="noise"), "outpaint_fill"),
+    ("masked content", dict(masked_content="latent noise"), "masked_content"),
     ("invert text", dict(invert_mask="yes"), "invert_mask"),
     ("not an image", dict(image=[1, 2, 3]), "image"),
 ]

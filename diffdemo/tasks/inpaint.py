@@ -34,6 +34,8 @@ MAX_PADDING = 1024
 MAX_OUTPAINT = 1024
 OUTPAINT_FILLS = ("edge", "mean")
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+MASKED_CONTENTS = ("original", "fill")
+FILL_SIDE = 256  # the smooth fill is solved at most this large and resized: its detail is noised away anyway
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class InpaintRequest:
     ``strength`` in [0, 1]: 1 repaints from pure noise, lower keeps more of the original under the mask.
     ``outpaint_*`` extend the canvas by that many pixels (multiples of the VAE scale); the new area is repainted,
     initialised by replicating the edge pixels (``outpaint_fill="edge"``) or with the image's mean colour.
+    ``masked_content`` is what the denoising starts from under the mask when ``strength`` < 1: ``"original"`` the
+    pixels that are there, ``"fill"`` a smooth continuation of the surrounding picture (biharmonic, as in
+    AUTOMATIC1111's "fill"), to remove an object rather than redraw it.
     """
 
     image: object
@@ -64,6 +69,7 @@ class InpaintRequest:
     outpaint_top: int = 0
     outpaint_bottom: int = 0
     outpaint_fill: str = "edge"
+    masked_content: str = "original"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,9 @@ class Canvas:
 def validate(models: ModelSet, request: InpaintRequest) -> InpaintRequest:
     """Checks every setting but the images; returns the request with numbers normalised and the seed drawn."""
     check_choice("sampler", request.sampler, SAMPLERS)
+    if request.masked_content not in MASKED_CONTENTS:
+        raise InvalidRequest(f"masked_content must be one of {', '.join(MASKED_CONTENTS)}; "
+                             f"got {request.masked_content!r}.")
     if request.outpaint_fill not in OUTPAINT_FILLS:
         raise InvalidRequest(f"outpaint_fill must be one of {', '.join(OUTPAINT_FILLS)}; "
                              f"got {request.outpaint_fill!r}.")
@@ -233,7 +242,8 @@ def _generate(models: ModelSet, request: InpaintRequest, pixels: np.ndarray, mas
     (``H×W`` bool); returns the decoded ``H×W×3`` uint8 image (not yet composited) and a note for the metadata."""
     scheduler = make_scheduler(request.sampler, models.scheduler.config)
     scheduler.set_timesteps(request.steps, device=models.device)
-    image = pil_to_tensor(Image.fromarray(pixels), models.device, models.dtype)  # 1×3×H×W in [-1, 1]
+    start_from = smooth_fill(pixels, mask) if request.masked_content == "fill" else pixels
+    image = pil_to_tensor(Image.fromarray(start_from), models.device, models.dtype)  # 1×3×H×W in [-1, 1]
     repaint = torch.from_numpy(mask.astype(np.float32))[None, None].to(models.device, models.dtype)
     # a latent cell is repainted if any of its pixels is: the generated area covers every masked pixel
     repaint_latent = F.max_pool2d(repaint, models.vae_scale)  # 1×1×H/8×W/8 in {0, 1}
@@ -261,6 +271,25 @@ def _generate(models: ModelSet, request: InpaintRequest, pixels: np.ndarray, mas
     if prompt.loras:
         notes["Lora hashes"] = lora_infotext(prompt.loras)["Lora hashes"]
     return np.asarray(decoded), notes
+
+
+def smooth_fill(pixels: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``pixels`` with the ``mask``ed area replaced by a smooth continuation of its surroundings (scikit-image's
+    biharmonic inpainting, solved on a copy at most ``FILL_SIDE`` pixels on a side and resized back)."""
+    from skimage.restoration import inpaint_biharmonic
+
+    height, width = mask.shape
+    factor = min(1.0, FILL_SIDE / max(height, width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    small = np.asarray(Image.fromarray(pixels).resize(size, Image.BOX))
+    # a pixel of the small copy is unknown if any of the pixels it stands for is masked
+    small_mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.BOX)) > 0
+    if small_mask.all():  # nothing to continue from: the mean colour
+        return np.where(mask[..., None], pixels.reshape(-1, 3).mean(0).round().astype(np.uint8), pixels)
+    filled = inpaint_biharmonic(small, small_mask, channel_axis=-1)
+    filled = Image.fromarray(np.clip(filled * 255 + 0.5, 0, 255).astype(np.uint8)).resize((width, height),
+                                                                                         Image.BICUBIC)
+    return np.where(mask[..., None], np.asarray(filled), pixels)
 
 
 def _inpainting_channels(models: ModelSet, image: torch.Tensor, repaint: torch.Tensor, repaint_latent: torch.Tensor):

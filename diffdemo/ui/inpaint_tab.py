@@ -78,6 +78,9 @@ def _settings_panel() -> dict:
         s["guidance_scale"] = guidance_slider()
         s["strength"] = gr.Slider(0, 1, value=1.0, step=0.05, label="Strength",
                                   info="1 repaints from pure noise; lower keeps more of what is under the mask")
+    s["masked_content"] = gr.Radio(["original", "fill"], value="original", label="Masked content",
+                                   info="what a strength below 1 starts from: the original pixels, or a smooth "
+                                        "fill from the surroundings (to remove something)")
     s["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 for a random one)")
     with gr.Accordion("Mask", open=True):
         with gr.Row():
@@ -102,13 +105,14 @@ def inpaint_handler(runner: Runner):
             steps: int = DEFAULT_STEPS, guidance_scale: float = DEFAULT_GUIDANCE, strength: float = 1.0,
             seed: int = -1, mask_blur: int = 4, invert_mask: bool = False, only_masked: bool = False,
             padding: int = 32, outpaint_left: int = 0, outpaint_right: int = 0, outpaint_top: int = 0,
-            outpaint_bottom: int = 0, outpaint_fill: str = "edge", request: gr.Request = None, progress=gr.Progress()):
+            outpaint_bottom: int = 0, outpaint_fill: str = "edge", masked_content: str = "original",
+            request: gr.Request = None, progress=gr.Progress()):
         task_request = InpaintRequest(
             image=uploaded_path(image), mask=uploaded_path(mask), prompt=prompt, negative_prompt=negative_prompt,
             sampler=sampler, steps=steps, guidance_scale=guidance_scale, strength=strength, seed=seed,
             mask_blur=mask_blur, invert_mask=invert_mask, only_masked=only_masked, padding=padding,
             outpaint_left=outpaint_left, outpaint_right=outpaint_right, outpaint_top=outpaint_top,
-            outpaint_bottom=outpaint_bottom, outpaint_fill=outpaint_fill)
+            outpaint_bottom=outpaint_bottom, outpaint_fill=outpaint_fill, masked_content=masked_content)
         result = runner.run(inpaint, task_request, request, progress)
         result.images = [*result.images, result.changed]
         result_path, changed_path = runner.save_images(result)
