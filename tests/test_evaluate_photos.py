@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffdemo.world.evaluate_photos import (clipped_rows, denoise_rows, linear_code_rows, patch_code, upscale_rows,
-                                            upscaler_vae_rows, world_set)
+from diffdemo.world.evaluate_photos import (clipped_rows, denoise_rows, inpaint_rows, linear_code_rows, patch_code,
+                                            upscale_rows, upscaler_vae_rows, world_set)
 
 
 def test_world_set_is_fresh_scenes_drawn_the_same_way_each_time():
@@ -65,3 +65,17 @@ def test_clipped_rows_give_every_method_the_estimated_sigma(embedded_models):
     assert all(10 < r["estimated_sigma"] < 40 for r in result["rows"])
     assert {"noisy", "denoised", "x0_hat", "nl_means", "tv"} <= set(result["median"])
     assert result["median"]["nl_means"] > result["median"]["noisy"]
+
+
+def test_inpaint_rows_score_the_hole_against_two_classical_fills(tiny_models):
+    """On a smooth ramp the biharmonic continuation is nearly exact and far better than the border's mean colour;
+    the settings reach the task (with "fill" at strength 0 the hole is the smooth continuation itself)."""
+    ys, xs = np.mgrid[:64, :64]
+    ramp = np.stack([40 + 3 * xs, 20 + 2 * ys + xs * ys // 40, 200 - xs - ys], -1).astype(np.uint8)
+    result = inpaint_rows(tiny_models, {"ramp": ramp}, seeds=(0,), hole=16, masked_content="fill", strength=0.0,
+                          steps=2)
+    assert result["settings"] == {"masked_content": "fill", "strength": 0.0, "steps": 2}
+    assert result["outside_unchanged"]
+    median = result["median"]
+    assert median["smooth_fill_db"] > median["mean_fill_db"] + 10
+    assert result["gain_over_mean_fill_db"] == round(median["hole_db"] - median["mean_fill_db"], 2)

@@ -128,6 +128,30 @@ def test_strict_reading_passes_clean_renders_and_fails_cushions_and_blobs():
     assert not strict_reading(blob, "star")["passes"]
 
 
+def test_the_vae_strict_ceiling_reads_the_round_trips_of_renders():
+    """A perfect autoencoder leaves the strict reading of clean renders (≥ 98%); one that blurs rounds corners and
+    fills the star's points, and the ceiling falls."""
+    import torch.nn.functional as F
+
+    from diffdemo.world.evaluate import vae_strict_ceiling
+
+    class Autoencoder:
+        def __init__(self, blur: int):
+            self.blur, self.config = blur, type("Config", (), {"sample_size": 128})()
+
+        def encode(self, x):
+            return type("Encoded", (), {"latent_dist": type("Dist", (), {"mode": lambda _: x})()})()
+
+        def decode(self, z):
+            if self.blur:
+                z = F.avg_pool2d(z, 2 * self.blur + 1, stride=1, padding=self.blur, count_include_pad=False)
+            return type("Decoded", (), {"sample": z})()
+
+    exact, blurred = vae_strict_ceiling(Autoencoder(0), n=40), vae_strict_ceiling(Autoencoder(6), n=40)
+    assert exact["strict_geometry"] >= 0.95 and set(exact["strict_by_shape"]) <= set(SHAPES)
+    assert blurred["strict_geometry"] < exact["strict_geometry"] - 0.2
+
+
 def test_checker_sees_an_empty_image():
     from PIL import Image
 

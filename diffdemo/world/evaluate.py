@@ -3,7 +3,9 @@
 * Prompt adherence of the text-to-image model, per attribute (shape, colour, background, size, position), on
   captions of seen combinations and of held-out ones (never rendered in training), judged by the analytic
   checker in :mod:`diffdemo.world.checker` — not by eye.
-* VAE reconstruction PSNR on fresh world images.
+* VAE reconstruction PSNR on fresh world images, and the strict geometric reading of those round trips: the
+  ceiling the autoencoder sets for the text-to-image model's strict geometry (a U-Net can at best sample the
+  latents of a perfect render).
 * Upscaler ×4 (32² -> 128²) PSNR against bicubic: diffusers' upscale pipeline as is, and the app's default.
 * When the model's vocabulary lists emoji subjects: subject adherence on emoji captions, seen and held out
   (:mod:`diffdemo.world.emoji.evaluate`; needs the fetched glyph tiles).
@@ -74,6 +76,20 @@ def vae_psnr(vae, n: int = 64, seed: int = 7) -> float:
     return float(np.median([psnr(np.asarray(a), np.asarray(b)) for a, b in zip(ref, out)]))
 
 
+def vae_strict_ceiling(vae, n: int = 100, seed: int = 8) -> dict:
+    """The strict geometric reading of the VAE's round trips of ``n`` fresh renders: overall and per shape."""
+    rng = random.Random(seed)
+    scenes = [sample_scene(rng) for _ in range(n)]
+    x = render_scenes(scenes, vae.config.sample_size)
+    with torch.no_grad():
+        recon = torch.cat([vae.decode(vae.encode(c).latent_dist.mode()).sample for c in x.split(20)])
+    passes, shapes = Counter(), Counter(scene.shape for scene in scenes)
+    for scene, image in zip(scenes, to_pil(recon)):
+        passes[scene.shape] += strict_reading(image, scene.shape)["passes"]
+    return {"strict_geometry": round(sum(passes.values()) / n, 3),
+            "strict_by_shape": {k: round(passes[k] / shapes[k], 3) for k in sorted(shapes)}}
+
+
 def upscaler_gain(pipeline, models, n: int = 40, seed: int = 4049) -> dict:
     """×4 upscaling of ``n`` fresh world pictures, 32² -> 128² (bicubic-downscaled), median PSNR in dB:
 
@@ -135,7 +151,8 @@ def main(argv=None) -> None:
     upscaler = args.dir / "upscaler"
     models = load_models(str(args.dir / "model"), upscaler=str(upscaler) if upscaler.exists() else None, device="cpu")
     results = {"steps": args.steps, "guidance": args.guidance, "sampler": args.sampler,
-               "samples": args.samples, "vae_psnr_db": vae_psnr(models.vae)}
+               "samples": args.samples, "vae_psnr_db": vae_psnr(models.vae),
+               "vae_round_trip": vae_strict_ceiling(models.vae)}
     for name, held_out in (("seen", False), ("held_out", True)):
         accuracy, images, scenes = adherence(models, args.samples, held_out, args.seed, args.steps, args.guidance,
                                              args.sampler)

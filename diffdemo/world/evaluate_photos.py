@@ -11,8 +11,10 @@ goes through the app's own tasks with their defaults; reported numbers are media
   and BM3D with ``--bm3d`` (the ``bm3d`` package: non-commercial licence, used for measuring only, not a
   dependency). ``clipped``: an 8-bit noisy file at σ = 25 uploaded as already noisy; every method gets the same
   estimated σ.
-* ``inpaint``: a 64×64 hole in the middle, empty prompt, PSNR inside the hole against filling it with the mean
-  colour of its border; and a check that every pixel outside the mask is unchanged.
+* ``inpaint``: a 64×64 hole in the middle, empty prompt, PSNR inside the hole against two classical fills: the mean
+  colour of its border, and a smooth (biharmonic) continuation of the surroundings; and a check that every pixel
+  outside the mask is unchanged. ``inpaint_fill``: the same with "Masked content: fill" at ``--fill-strength``
+  (the repaint starts from the smooth continuation, never from what is under the hole).
 * ``forward``: the forward-process tab's latent path at t = 50 and 100, PSNR of the decoded x_t to the photo.
 * ``upscale``: the Super-resolution tab's evaluate mode with its defaults (the photo downscaled ×4 with bicubic,
   upscaled back), the diffusion result against bicubic and Lanczos, and the worst single image's gain.
@@ -33,6 +35,7 @@ import numpy as np
 
 NLM_H = (0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # × σ
 TV_WEIGHTS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # × σ/255
+FILL_STRENGTH = 0.75
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -152,10 +155,12 @@ def summarise(per: list[dict]) -> dict:
             "x0_gain_over_best_classical_db": round(float(np.median(x0_gains)), 2), "rows": per}
 
 
-def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str = "") -> dict:
+def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str = "", **settings) -> dict:
+    """``settings``: more InpaintRequest fields (e.g. ``masked_content="fill", strength=0.75``)."""
     from PIL import Image
 
     from diffdemo.tasks import InpaintRequest, inpaint
+    from diffdemo.tasks.inpaint import smooth_fill
 
     per = []
     for name, pixels in photos.items():
@@ -169,16 +174,20 @@ def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str
         border &= ~inside
         flat = pixels.copy()
         flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
+        smooth = smooth_fill(pixels, inside)
         for seed in seeds:
             result = inpaint(models, InpaintRequest(image=Image.fromarray(pixels), mask=Image.fromarray(mask),
-                                                    prompt=prompt, seed=seed, mask_blur=0))
+                                                    prompt=prompt, seed=seed, mask_blur=0, **settings))
             out = np.asarray(result.images[0])
             per.append({"image": name, "seed": seed, "hole_db": psnr(pixels[inside], out[inside]),
                         "mean_fill_db": psnr(pixels[inside], flat[inside]),
+                        "smooth_fill_db": psnr(pixels[inside], smooth[inside]),
                         "outside_unchanged": bool(np.array_equal(out[~inside], pixels[~inside]))})
-    medians = {k: round(float(np.median([r[k] for r in per])), 2) for k in ("hole_db", "mean_fill_db")}
-    return {"median": medians, "gain_over_mean_fill_db": round(float(np.median(
-        [r["hole_db"] - r["mean_fill_db"] for r in per])), 2),
+    medians = {k: round(float(np.median([r[k] for r in per])), 2) for k in ("hole_db", "mean_fill_db",
+                                                                             "smooth_fill_db")}
+    gains = {f"gain_over_{k}_db": round(float(np.median([r["hole_db"] - r[f"{k}_db"] for r in per])), 2)
+             for k in ("mean_fill", "smooth_fill")}
+    return {"settings": settings, "median": medians, **gains,
             "outside_unchanged": all(r["outside_unchanged"] for r in per), "rows": per}
 
 
@@ -286,7 +295,7 @@ def training_patch_codes(channel_counts, n: int = 256, data_dir: Path | None = N
 
 
 def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", "forward", "upscale"),
-             bm3d=False) -> dict:
+             bm3d=False, fill_strength: float = FILL_STRENGTH) -> dict:
     results = {}
     codes = {}
     if "linear_code" in parts and models.upscaler is not None:
@@ -301,6 +310,8 @@ def evaluate(models, sets: dict, parts=("vae", "denoise", "clipped", "inpaint", 
             out["clipped"] = clipped_rows(models, photos)
         if "inpaint" in parts:
             out["inpaint"] = inpaint_rows(models, photos)
+        if "inpaint_fill" in parts:
+            out["inpaint_fill"] = inpaint_rows(models, photos, masked_content="fill", strength=fill_strength)
         if "forward" in parts:
             out["forward"] = forward_rows(models, photos)
         if "upscale" in parts and models.upscaler is not None:
@@ -337,10 +348,12 @@ def load_model_set(folder: Path):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a model-set folder holding model/ (and denoiser/, upscaler/)")
-    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,forward,upscale",
+    parser.add_argument("--parts", default="vae,denoise,clipped,inpaint,inpaint_fill,forward,upscale",
                         help="comma-separated; on request also upscaler_vae (the upscaler autoencoder's ceiling) and "
                         "linear_code (that of a linear code as wide; needs the fetched photographs)")
     parser.add_argument("--bm3d", action="store_true", help="also BM3D (pip install bm3d; slow: ~10 s an image)")
+    parser.add_argument("--fill-strength", type=float, default=FILL_STRENGTH,
+                        help="the strength of the inpaint_fill part")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--world", type=int, default=0, help="also N fresh world scenes (128²)")
     parser.add_argument("--json", type=Path)
@@ -349,7 +362,7 @@ def main(argv=None) -> None:
     sets = photo_sets(args.size)
     if args.world:
         sets["world"] = world_set(args.world)
-    results = evaluate(models, sets, tuple(args.parts.split(",")), args.bm3d)
+    results = evaluate(models, sets, tuple(args.parts.split(",")), args.bm3d, args.fill_strength)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
