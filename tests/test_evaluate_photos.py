@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffdemo.world.evaluate_photos import (clipped_rows, denoise_rows, inpaint_rows, linear_code_rows, patch_code,
-                                            upscale_rows, upscaler_vae_rows, world_set)
+from diffdemo.world.evaluate_photos import (clipped_rows, denoise_rows, inpaint_figure, inpaint_rows, linear_code_rows,
+                                            patch_code, upscale_rows, upscaler_vae_rows, world_set)
 
 
 def test_world_set_is_fresh_scenes_drawn_the_same_way_each_time():
@@ -79,3 +79,14 @@ def test_inpaint_rows_score_the_hole_against_two_classical_fills(tiny_models):
     median = result["median"]
     assert median["smooth_fill_db"] > median["mean_fill_db"] + 10
     assert result["gain_over_mean_fill_db"] == round(median["hole_db"] - median["mean_fill_db"], 2)
+
+
+def test_inpaint_figure_is_a_strip_of_five_pictures_per_photo(tiny_models, tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "docs" / "inpaint.png"
+    inpaint_figure(tiny_models, world_set(2, size=64), path, hole=16)
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    assert figure.shape == (16 + 2 * 64, 5 * 64, 3)
+    hole = figure[16 + 24: 16 + 40, 24:40]
+    assert (hole == 128).all()  # the first column shows the hole in grey

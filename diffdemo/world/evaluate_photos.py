@@ -191,6 +191,44 @@ def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str
             "outside_unchanged": all(r["outside_unchanged"] for r in per), "rows": per}
 
 
+def inpaint_figure(models, photos: dict, path: Path, hole: int = 64, seed: int = 0,
+                   fill_strength: float = FILL_STRENGTH) -> None:
+    """A before/after strip per photo: the hole (grey), the mean-colour fill, the smooth fill, the repaint with the
+    task's defaults and with "Masked content: fill" at ``fill_strength`` (empty prompt, no feathering)."""
+    from PIL import Image, ImageDraw
+
+    from diffdemo.tasks import InpaintRequest, inpaint
+    from diffdemo.tasks.inpaint import smooth_fill
+
+    columns = ["hole", "mean colour", "smooth fill", "repaint (strength 1)", f"fill + repaint ({fill_strength:g})"]
+    rows = []
+    for name in sorted(photos):
+        pixels = photos[name]
+        size = pixels.shape[0]
+        top = (size - hole) // 2
+        inside = np.zeros(pixels.shape[:2], bool)
+        inside[top: top + hole, top: top + hole] = True
+        border = np.zeros_like(inside)
+        border[top - 4: top + hole + 4, top - 4: top + hole + 4] = True
+        border &= ~inside
+        shown, flat = pixels.copy(), pixels.copy()
+        shown[inside] = 128
+        flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
+        mask = Image.fromarray(inside.astype(np.uint8) * 255)
+        outs = [np.asarray(inpaint(models, InpaintRequest(image=Image.fromarray(pixels), mask=mask, seed=seed,
+                                                          mask_blur=0, **settings)).images[0])
+                for settings in ({}, {"masked_content": "fill", "strength": fill_strength})]
+        rows.append(np.concatenate([shown, flat, smooth_fill(pixels, inside), *outs], axis=1))
+    strip = Image.fromarray(np.concatenate(rows, axis=0))
+    canvas = Image.new("RGB", (strip.width, strip.height + 16), "white")
+    canvas.paste(strip, (0, 16))
+    draw = ImageDraw.Draw(canvas)
+    for i, label in enumerate(columns):
+        draw.text((i * strip.width // len(columns) + 4, 2), label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
 def forward_rows(models, photos: dict, times=(50, 100)) -> dict:
     from PIL import Image
 
@@ -357,12 +395,15 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--world", type=int, default=0, help="also N fresh world scenes (128²)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--inpaint-figure", type=Path, help="also write a before/after strip of the public set here")
     args = parser.parse_args(argv)
     models = load_model_set(args.dir)
     sets = photo_sets(args.size)
     if args.world:
         sets["world"] = world_set(args.world)
     results = evaluate(models, sets, tuple(args.parts.split(",")), args.bm3d, args.fill_strength)
+    if args.inpaint_figure:
+        inpaint_figure(models, sets["public"], args.inpaint_figure, fill_strength=args.fill_strength)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
