@@ -206,6 +206,29 @@ def test_a_new_vae_can_have_wider_norm_groups_and_train_on_crops(tmp_path):
     assert log["config"]["vae_crop"] == 32 and log["log"]["steps"] == 1
 
 
+def test_a_decoder_only_vae_fine_tune_keeps_the_latent_space(tmp_path):
+    """``--vae-train decoder --vae-latent-noise 0.3``: the encoder (the U-Net's latent space) and the scaling factor
+    stay bit-identical, the decoder learns; without --init-from, and with an unknown mode, a clear error."""
+    from safetensors.torch import load_file
+
+    common = ["--preset", "tiny", "--stages", "vae", "--device", "cpu"]
+    train.main([*common, "--out", str(tmp_path / "first"), "--vae-steps", "1"])
+    train.main([*common, "--out", str(tmp_path / "tuned"), "--init-from", str(tmp_path / "first"),
+                "--vae-train", "decoder", "--vae-latent-noise", "0.3", "--vae-steps", "3"])
+    before, after = (load_file(tmp_path / run / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+                     for run in ("first", "tuned"))
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    configs = [json.loads((tmp_path / run / "model" / "vae" / "config.json").read_text()) for run in ("first", "tuned")]
+    assert configs[0]["scaling_factor"] == configs[1]["scaling_factor"]
+    with pytest.raises(ValueError, match="--init-from"):
+        train.main([*common, "--out", str(tmp_path / "alone"), "--vae-train", "decoder", "--vae-steps", "1"])
+    with pytest.raises(ValueError, match="all or decoder"):
+        train.main([*common, "--out", str(tmp_path / "odd"), "--init-from", str(tmp_path / "first"),
+                    "--vae-train", "encoder", "--vae-steps", "1"])
+
+
 def test_clipped_noise_targets_the_noise_an_8_bit_file_really_carries():
     from diffdemo.world.stages.denoiser import clip_some
 

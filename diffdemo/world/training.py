@@ -41,6 +41,8 @@ class TrainConfig:
     vae_anchor: float = 1.0  # fine-tuning: weight of keeping world images' latents where the U-Net knows them
     vae_crop: int = 0  # side of the 8× VAE's training images (0: image_size); all but its mid-block is convolutional
     vae_groups: int = 0  # a new VAE's group-norm groups (0: the preset's, one channel a group at width 32, as shipped)
+    vae_train: str = "all"  # "decoder": fine-tune the decoder alone; the frozen encoder keeps the U-Net's latent space
+    vae_latent_noise: float = 0.0  # half of each batch is decoded from latents + N(0, σ²), σ up to this (scaled units)
     # text encoder + U-Net
     unet_steps: int = 1893
     unet_batch: int = 768

@@ -5,6 +5,11 @@ does. As a fine-tune (``cfg.init_from``) it keeps the latent space the U-Net was
 starting VAE (the teacher) encodes each world scene, the encoder is pulled to the teacher's latents
 (``cfg.vae_anchor``) and the decoder learns to draw the scene from them, while photo and art crops train both
 halves freely. ``scaling_factor`` then stays as it was.
+
+``--vae-train decoder`` fine-tunes the decoder alone: the encoder is frozen, so every latent the U-Net was trained
+on stays exactly where it was. ``--vae-latent-noise σ`` decodes half of each batch from latents with Gaussian
+noise of a standard deviation drawn up to σ (in the U-Net's scaled units): a U-Net's samples are never exact, and a
+decoder trained this way draws a slightly-off latent as the clean picture instead of shifting its shape or hue.
 """
 from __future__ import annotations
 
@@ -25,7 +30,16 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
     init = init_folder(cfg, "model", "vae")
     vae = (AutoencoderKL.from_pretrained(init, torch_dtype=torch.float32) if init
            else models.vae(cfg.preset, cfg.image_size, cfg.vae_groups)).to(device)
-    teacher = copy.deepcopy(vae).eval().requires_grad_(False) if init and cfg.vae_anchor > 0 else None
+    if cfg.vae_train not in ("all", "decoder"):
+        raise ValueError(f"--vae-train must be all or decoder; got {cfg.vae_train!r}")
+    decoder_only = cfg.vae_train == "decoder"
+    if decoder_only:
+        if init is None:
+            raise ValueError("--vae-train decoder fine-tunes a trained VAE: pass --init-from")
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    teacher = copy.deepcopy(vae).eval().requires_grad_(False) if init and cfg.vae_anchor > 0 and not decoder_only \
+        else None
     log = train_autoencoder(vae, cfg, cfg.vae_steps, cfg.seed + 1, device, out / "checkpoints" / "vae.pt",
                             teacher=teacher, crop=cfg.vae_crop)
     if init is None:
@@ -41,10 +55,12 @@ def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device, chec
 
     Returns the log with the median reconstruction PSNR and latent std of 256 fresh world scenes."""
     stream = ImageStream(cfg, seed, crop or cfg.image_size, device)
+    frozen_encoder = not any(p.requires_grad for p in vae.encoder.parameters())
 
     def loss_fn(step):
         kinds, x = stream.batch(cfg.vae_batch)
-        posterior = vae.encode(x).latent_dist
+        with torch.set_grad_enabled(not frozen_encoder):
+            posterior = vae.encode(x).latent_dist
         z, anchor = posterior.sample(), torch.zeros((), device=device)
         world = torch.tensor([k == "world" for k in kinds], device=device)
         if teacher is not None and world.any():
@@ -54,9 +70,13 @@ def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device, chec
             anchor = F.mse_loss(posterior.mean[world], target.mean)
             z = z.clone()
             z[world] = z_teacher.to(z.dtype)  # the decoder learns to draw world scenes from the teacher's latents
+        if cfg.vae_latent_noise > 0:  # the first half of the batch: latents a little off, as a U-Net samples them
+            half = len(z) // 2
+            sigma = torch.rand(half, 1, 1, 1, device=device) * cfg.vae_latent_noise / vae.config.scaling_factor
+            z = torch.cat([z[:half] + sigma * torch.randn_like(z[:half]), z[half:]])
         recon = vae.decode(z).sample.float()
-        return (F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * posterior.kl().mean()
-                + cfg.vae_anchor * anchor)
+        kl = torch.zeros((), device=device) if frozen_encoder else posterior.kl().mean()
+        return F.mse_loss(recon, x) + 0.5 * F.l1_loss(recon, x) + 1e-6 * kl + cfg.vae_anchor * anchor
 
     log = fit("vae", [vae], loss_fn, steps, cfg.vae_lr, cfg, device, checkpoint=checkpoint, rngs=(stream.rng,))
     log.update(world_reconstruction(vae, WorldStream(seed + 999, cfg.image_size, device)))
