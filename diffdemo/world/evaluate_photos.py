@@ -155,6 +155,20 @@ def summarise(per: list[dict]) -> dict:
             "x0_gain_over_best_classical_db": round(float(np.median(x0_gains)), 2), "rows": per}
 
 
+def centre_hole(pixels: np.ndarray, hole: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``hole``² square in the middle of ``pixels`` (``H×W`` bool) and the picture with it filled flat with the
+    mean colour of the 4-pixel border around it (the classical baseline)."""
+    top, left = (pixels.shape[0] - hole) // 2, (pixels.shape[1] - hole) // 2
+    inside = np.zeros(pixels.shape[:2], bool)
+    inside[top: top + hole, left: left + hole] = True
+    border = np.zeros_like(inside)
+    border[top - 4: top + hole + 4, left - 4: left + hole + 4] = True
+    border &= ~inside
+    flat = pixels.copy()
+    flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
+    return inside, flat
+
+
 def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str = "", **settings) -> dict:
     """``settings``: more InpaintRequest fields (e.g. ``masked_content="fill", strength=0.75``)."""
     from PIL import Image
@@ -164,16 +178,8 @@ def inpaint_rows(models, photos: dict, seeds=(0, 1), hole: int = 64, prompt: str
 
     per = []
     for name, pixels in photos.items():
-        size = pixels.shape[0]
-        top = (size - hole) // 2
-        mask = np.zeros(pixels.shape[:2], np.uint8)
-        mask[top: top + hole, top: top + hole] = 255
-        inside = mask > 0
-        border = np.zeros_like(inside)
-        border[top - 4: top + hole + 4, top - 4: top + hole + 4] = True
-        border &= ~inside
-        flat = pixels.copy()
-        flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
+        inside, flat = centre_hole(pixels, hole)
+        mask = inside.astype(np.uint8) * 255
         smooth = smooth_fill(pixels, inside)
         for seed in seeds:
             result = inpaint(models, InpaintRequest(image=Image.fromarray(pixels), mask=Image.fromarray(mask),
@@ -204,16 +210,9 @@ def inpaint_figure(models, photos: dict, path: Path, hole: int = 64, seed: int =
     rows = []
     for name in sorted(photos):
         pixels = photos[name]
-        size = pixels.shape[0]
-        top = (size - hole) // 2
-        inside = np.zeros(pixels.shape[:2], bool)
-        inside[top: top + hole, top: top + hole] = True
-        border = np.zeros_like(inside)
-        border[top - 4: top + hole + 4, top - 4: top + hole + 4] = True
-        border &= ~inside
-        shown, flat = pixels.copy(), pixels.copy()
+        inside, flat = centre_hole(pixels, hole)
+        shown = pixels.copy()
         shown[inside] = 128
-        flat[inside] = pixels[border].mean(0).round().astype(np.uint8)
         mask = Image.fromarray(inside.astype(np.uint8) * 255)
         outs = [np.asarray(inpaint(models, InpaintRequest(image=Image.fromarray(pixels), mask=mask, seed=seed,
                                                           mask_blur=0, **settings)).images[0])
