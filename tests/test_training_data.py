@@ -71,6 +71,19 @@ def test_image_stream_mixes_photos_art_and_world_by_share(tmp_path):
     assert world_only == ["world"] * 8
 
 
+def test_image_stream_crops_world_scenes_rendered_at_full_size():
+    stream = ImageStream(TINY, 0, 16, torch.device("cpu"), world_size=48)
+    assert stream.world.size == 48  # the scenes are drawn at 48², so their shapes keep that pixel scale
+    ramp = torch.arange(48.0).view(1, 1, 48) + 100 * torch.arange(48.0).view(1, 48, 1)  # value = 100·row + column
+    stream.world.batch = lambda n: ([None] * n, ramp.expand(n, 3, 48, 48).clone())
+    _, crops = stream.batch(64)
+    assert crops.shape == (64, 3, 16, 16)
+    rows, columns = crops[:, 0, 0, 0] // 100, crops[:, 0, 0, 0] % 100
+    assert torch.equal(crops[:, 0], ramp[0, :16, :16] + (100 * rows + columns).view(-1, 1, 1))  # whole windows
+    assert rows.max() <= 32 and columns.max() <= 32 and len(set(rows.tolist())) > 8  # anywhere inside the scene
+    assert ImageStream(TINY, 0, 16, torch.device("cpu")).world.size == 16  # by default: drawn at the crop size
+
+
 def test_public_evaluation_photos_are_centre_crops():
     photos = data.public_photos(128)
     assert set(photos) == set(data.PUBLIC_PHOTOS)

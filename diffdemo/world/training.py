@@ -39,7 +39,7 @@ class TrainConfig:
     vae_batch: int = 32
     vae_lr: float = 6e-4
     vae_anchor: float = 1.0  # fine-tuning: weight of keeping world images' latents where the U-Net knows them
-    vae_crop: int = 0  # side of the 8× VAE's training images (0: image_size); all but its mid-block is convolutional
+    vae_crop: int = 0  # side of the 8× VAE's training crops (0: image_size), world ones cut from image_size renders
     vae_groups: int = 0  # a new VAE's group-norm groups (0: the preset's, one channel a group at width 32, as shipped)
     vae_train: str = "all"  # "decoder": fine-tune the decoder alone; the frozen encoder keeps the U-Net's latent space
     vae_latent_noise: float = 0.0  # half of each batch is decoded from latents + N(0, σ²), σ up to this (scaled units)
@@ -130,12 +130,18 @@ def emoji_options(cfg: TrainConfig) -> dict:
 
 class ImageStream:
     """Training images in [-1, 1], ``n×3×size×size`` on ``device``: each image is a photo crop with probability
-    ``cfg.photo_share``, an art crop with ``cfg.art_share``, else a world scene. ``kinds`` says which was which."""
+    ``cfg.photo_share``, an art crop with ``cfg.art_share``, else a world scene. ``kinds`` says which was which.
 
-    def __init__(self, cfg: TrainConfig, seed: int, size: int, device: torch.device, photos=None, art=None):
+    World scenes are rendered at ``world_size`` (default ``size``) and cropped to ``size`` at random: a model that
+    trains on crops for speed but meets whole ``world_size`` scenes in the app then sees its shapes at their true
+    pixel scale (a small star rendered at 64² is half as wide as at 128², and thinner than any the app draws)."""
+
+    def __init__(self, cfg: TrainConfig, seed: int, size: int, device: torch.device, photos=None, art=None,
+                 world_size: int | None = None):
         from diffdemo.world import data
 
-        self.world = WorldStream(seed, size, device, **emoji_options(cfg))
+        self.world_size = max(size, world_size or size)
+        self.world = WorldStream(seed, self.world_size, device, **emoji_options(cfg))
         self.rng, self.size, self.device = self.world.rng, size, device
         self.shares = {"photo": cfg.photo_share, "art": cfg.art_share}
         root = Path(cfg.data_dir) if cfg.data_dir else None
@@ -150,13 +156,21 @@ class ImageStream:
         images = torch.empty(n, 3, self.size, self.size, device=self.device)
         world = [i for i, k in enumerate(kinds) if k == "world"]
         if world:
-            images[world] = self.world.batch(len(world))[1]
+            images[world] = self._crops(self.world.batch(len(world))[1])
         for kind, pool in self.pools.items():
             chosen = [i for i, k in enumerate(kinds) if k == kind]
             if chosen:
                 crops = torch.from_numpy(pool.batch(len(chosen), self.size)).to(self.device)
                 images[chosen] = crops.permute(0, 3, 1, 2).float() / 127.5 - 1
         return kinds, images
+
+    def _crops(self, scenes: torch.Tensor) -> torch.Tensor:
+        """A random ``size``² window of each ``world_size``² scene (the scenes themselves when the sizes agree)."""
+        spare = self.world_size - self.size
+        if spare == 0:
+            return scenes
+        corners = [(self.rng.randint(0, spare), self.rng.randint(0, spare)) for _ in range(len(scenes))]
+        return torch.stack([s[:, y: y + self.size, x: x + self.size] for s, (y, x) in zip(scenes, corners)])
 
     def _kind(self) -> str:
         u = self.rng.random()

@@ -50,11 +50,12 @@ def run(cfg: TrainConfig, out: Path, device) -> dict:
 
 def train_autoencoder(vae, cfg: TrainConfig, steps: int, seed: int, device, checkpoint: Path | None = None,
                       teacher=None, crop: int = 0) -> dict:
-    """Trains ``vae`` on :class:`ImageStream` batches of ``crop``² images (0: ``cfg.image_size``); with ``teacher``,
-    world scenes keep the teacher's latents.
+    """Trains ``vae`` on :class:`ImageStream` batches of ``crop``² images (0: ``cfg.image_size``), world scenes
+    cropped from ``cfg.image_size``² renders so their shapes keep the app's pixel scale; with ``teacher``, world
+    scenes keep the teacher's latents.
 
     Returns the log with the median reconstruction PSNR and latent std of 256 fresh world scenes."""
-    stream = ImageStream(cfg, seed, crop or cfg.image_size, device)
+    stream = ImageStream(cfg, seed, crop or cfg.image_size, device, world_size=cfg.image_size)
     frozen_encoder = not any(p.requires_grad for p in vae.encoder.parameters())
 
     def loss_fn(step):
