@@ -1,7 +1,7 @@
 """Soak: many identical requests to a live app (tiny model). Memory stays flat after warm-up, and result files do
 not pile up: the runner's result folders and Gradio's cached copies are both deleted on a schedule.
 
-DIFFDEMO_SOAK_REQUESTS sets the number of requests (default 200).
+DIFFDEMO_SOAK_REQUESTS sets the number of requests (default 120; a longer soak: e.g. 2000).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from PIL import Image
 from diffdemo.ui.runner import Runner, clean_gradio_cache
 from fast_app import launched
 
-REQUESTS = int(os.environ.get("DIFFDEMO_SOAK_REQUESTS", "200"))
+REQUESTS = int(os.environ.get("DIFFDEMO_SOAK_REQUESTS", "120"))
 WARM_UP = max(1, REQUESTS // 5)
 MAX_RSS_GROWTH = 0.05
 TTL = 2  # seconds a result file is kept in this test (the app keeps them an hour)

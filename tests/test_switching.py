@@ -13,7 +13,7 @@ from test_loading import assert_one_sentence
 from diffdemo.engine import ModelLoadError, load_models
 from diffdemo.engine.switching import ModelSwitcher, scan_models
 
-SWITCHES = 5
+SWITCHES = 3
 
 
 @pytest.fixture(scope="module")
