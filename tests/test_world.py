@@ -149,7 +149,24 @@ def test_the_vae_strict_ceiling_reads_the_round_trips_of_renders():
 
     exact, blurred = vae_strict_ceiling(Autoencoder(0), n=40), vae_strict_ceiling(Autoencoder(6), n=40)
     assert exact["strict_geometry"] >= 0.95 and set(exact["strict_by_shape"]) <= set(SHAPES)
+    assert exact["shape"] >= 0.95 and sum(exact["shape_misses"].values()) == round(40 * (1 - exact["shape"]))
     assert blurred["strict_geometry"] < exact["strict_geometry"] - 0.2
+    assert blurred["shape"] < exact["shape"] and all(k.split("/")[0] in SHAPES for k in blurred["shape_misses"])
+
+
+@pytest.mark.slow
+def test_evaluate_vae_only_reads_the_round_trips_of_a_model_folder(tiny_model_dir, tmp_path, capsys):
+    import json
+
+    from diffdemo.world.evaluate import main
+
+    out = tmp_path / "vae.json"
+    main([str(tiny_model_dir.parent), "--vae-only", "--json", str(out)])
+    results = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == results and set(results) == {"vae_psnr_db", "vae_round_trip"}
+    trip = results["vae_round_trip"]
+    assert 0 <= trip["shape"] <= 1 and 0 <= trip["strict_geometry"] <= 1 and results["vae_psnr_db"] > 0
+    assert sum(trip["shape_misses"].values()) == round(200 * (1 - trip["shape"]))
 
 
 def test_checker_sees_an_empty_image():
