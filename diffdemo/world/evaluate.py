@@ -5,7 +5,7 @@
   checker in :mod:`diffdemo.world.checker` — not by eye.
 * VAE reconstruction PSNR on fresh world images, and the checker's reading (shape, strict geometry) of those round
   trips: the ceiling the autoencoder sets for the text-to-image model (a U-Net can at best sample the latents of a
-  perfect render). ``--vae-only`` measures just these, in seconds, e.g. on a VAE still training.
+  perfect render). ``--vae-only`` measures just these, in about a minute, e.g. on a VAE still training.
 * Upscaler ×4 (32² -> 128²) PSNR against bicubic: diffusers' upscale pipeline as is, and the app's default.
 * When the model's vocabulary lists emoji subjects: subject adherence on emoji captions, seen and held out
   (:mod:`diffdemo.world.emoji.evaluate`; needs the fetched glyph tiles).
